@@ -1,0 +1,320 @@
+"""``FlexGraphConv``: the PyG-facing graph attention layer (a drop-in for ``TransformerConv``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import Embedding, Parameter
+from torch_geometric.nn import Linear
+from torch_geometric.utils import is_sparse, scatter, to_edge_index
+
+from pyg_mup.checks import check_edge_tensor
+from pyg_mup.score_mods import ScoreMod, compose, distance_bias, pair_bias, sigmoid_gate
+from pyg_mup.structure import MODES, GraphStructure
+
+from .attention import MuPFlexAttention
+
+
+class FlexGraphConv(MuPFlexAttention):
+    r"""Graph attention on FlexAttention, local (along edges) or global (within each graph).
+
+    With ``mode='local'`` node :math:`i` attends over the sources of its incoming edges
+    :math:`j \to i`, exactly as :class:`~torch_geometric.nn.conv.TransformerConv` (without
+    ``edge_dim``, weights copied over, both give the same output). With ``mode='global'`` it
+    attends over every node of its own graph (from ``batch``; without ``batch`` the input is one
+    graph), Graphormer/GPS-style, and edges enter only through score biases and gates:
+
+    .. math::
+        e^h_{ij} = s \, \langle \mathbf{q}^h_i, \mathbf{k}^h_j \rangle \cdot
+        \sigma\big(g^h_{\mathrm{type}}(i, j) + g^h_{\mathrm{dist}}(d_{ij})\big)
+        + \log \sum_{e: j \to i} \exp\big(\mathbf{w}_h^\top \mathbf{a}_e\big)
+        + b^h_{\mathrm{dist}}(d_{ij})
+
+    * the edge bias (``edge_dim``): a per-head linear map of ``edge_attr``, combined over
+      parallel edges by log-sum-exp, so duplicate edges count as many times as they appear, as in
+      TransformerConv's softmax over edges (without ``edge_dim`` each edge contributes 0, i.e. the
+      pair gets ``log(multiplicity)``). Pairs without an edge (global mode) get a learned
+      ``no_edge_bias`` per head.
+    * the gate (``num_edge_types`` and/or ``max_distance``): a per-head sigmoid of an edge-type
+      embedding (the mean over a pair's parallel edges; a "no edge" type in global mode) plus a
+      distance embedding, multiplying the score.
+    * distances :math:`d_{ij}` (``max_distance``): the caller's ``edge_distance`` where given, else
+      shortest-path hop counts from ``j`` to ``i`` within each graph (global mode, computed once
+      per batch by :class:`~pyg_mup.GraphStructure`) or 0/1 for self-loops/edges (local mode),
+      capped at ``max_distance``; unreachable pairs get ``max_distance + 1``.
+
+    The graph structure (block mask, look-ups, distances) is built once per batch: build it with
+    :meth:`GraphStructure.build` and pass ``structure=`` to every layer of a model, or let each
+    layer build its own. A structure built for other edges raises rather than being reused.
+
+    Args:
+        in_channels: input size, or ``(src, dst)`` sizes for bipartite graphs (local mode).
+        out_channels: channels per head.
+        heads: number of heads.
+        concat: concatenate heads (``heads * out_channels`` outputs) or average them.
+        dropout: attention dropout (message-passing backend only).
+        edge_dim: size of ``edge_attr``; enables the learned edge bias.
+        mode: ``'local'`` or ``'global'``.
+        bias: learn biases in the projections.
+        root_weight: add the skip projection of each node's own features.
+        backend: ``'auto'`` (FlexAttention on CUDA, message passing on CPU), ``'flex'`` or
+            ``'message_passing'``.
+        num_edge_types: number of edge types of ``edge_type``; enables the type gate.
+        max_distance: largest hop distance embedded; enables the distance gate and bias.
+        block_size: FlexAttention block size of structures this layer builds.
+        attn_mult: attention logit multiplier (μP hyperparameter).
+
+    Shapes:
+        - **input:** ``x`` ``[N, F]`` or ``([N_src, F_src], [N_dst, F_dst])``; ``edge_index``
+          ``[2, E]`` or a sparse ``adj_t`` (``[N_dst, N_src]``: torch sparse COO/CSR/CSC or
+          ``SparseTensor``, whose stored entries are the edges in order); ``edge_attr``
+          ``[E, edge_dim]``; ``batch`` ``[N]``; ``edge_type``/``edge_distance`` ``[E]``.
+        - **output:** ``[N_dst, heads * out_channels]`` or ``[N_dst, out_channels]``, and with
+          ``return_attention_weights=True`` also ``(edge_index [2, E], alpha [E, heads])``
+          (local) or ``(pairs [2, Σ n_g²], alpha [Σ n_g², heads])`` (global).
+    """
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        dropout: float = 0.0,
+        edge_dim: int | None = None,
+        mode: str = "local",
+        bias: bool = True,
+        root_weight: bool = True,
+        backend: str = "auto",
+        num_edge_types: int | None = None,
+        max_distance: int | None = None,
+        block_size: int = 128,
+        attn_mult: float = 1.0,
+        **kwargs,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "global" and isinstance(in_channels, tuple):
+            raise ValueError("mode='global' attends within one node set; in_channels must be int")
+        for name, value in (
+            ("edge_dim", edge_dim),
+            ("num_edge_types", num_edge_types),
+            ("max_distance", max_distance),
+        ):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        super().__init__(
+            in_channels,
+            out_channels,
+            heads=heads,
+            concat=concat,
+            dropout=dropout,
+            bias=bias,
+            root_weight=root_weight,
+            backend=backend,
+            attn_mult=attn_mult,
+            **kwargs,
+        )
+        self.edge_dim = edge_dim
+        self.mode = mode
+        self.num_edge_types = num_edge_types
+        self.max_distance = max_distance
+        self.block_size = block_size
+
+        self.lin_edge = Linear(edge_dim, heads, bias=False) if edge_dim else None
+        self.no_edge_bias = Parameter(torch.empty(heads)) if mode == "global" else None
+        self.gate_type = Embedding(num_edge_types + 1, heads) if num_edge_types else None
+        if max_distance:
+            self.gate_distance = Embedding(max_distance + 2, heads)
+            self.distance_bias = Embedding(max_distance + 2, heads)
+        else:
+            self.gate_distance = self.distance_bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Projections as in PyG; biases and gate logits start at zero (gates at 1/2)."""
+        super().reset_parameters()
+        if self.lin_edge is not None:
+            self.lin_edge.reset_parameters()
+        if self.no_edge_bias is not None:
+            torch.nn.init.zeros_(self.no_edge_bias)
+        for embedding in (self.gate_type, self.gate_distance, self.distance_bias):
+            if embedding is not None:
+                torch.nn.init.zeros_(embedding.weight)
+
+    def forward(
+        self,
+        x: Tensor | tuple[Tensor, Tensor],
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        batch: Tensor | None = None,
+        edge_type: Tensor | None = None,
+        edge_distance: Tensor | None = None,
+        structure: GraphStructure | None = None,
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attend; see the class docstring for shapes. ``structure`` reuses a prebuilt one."""
+        x_src, x_dst = self._split_features(x)
+        num_src, num_dst = x_src.size(0), x_dst.size(0)
+        if is_sparse(edge_index):
+            if edge_index.size(0) != num_dst or edge_index.size(1) != num_src:
+                raise ValueError(
+                    f"sparse adj_t must have shape [N_dst, N_src]=[{num_dst}, {num_src}], "
+                    f"got {list(edge_index.shape)}"
+                )
+            adj_index, _ = to_edge_index(edge_index)
+            edge_index = adj_index.flip(0)
+        if structure is None:
+            structure = GraphStructure.build(
+                edge_index,
+                (num_src, num_dst) if isinstance(x, tuple | list) else num_dst,
+                batch,
+                mode=self.mode,
+                max_distance=self.max_distance,
+                edge_distance=edge_distance,
+                block_size=self.block_size,
+            )
+        else:
+            self._check_structure(structure, edge_index, num_src, num_dst, edge_distance)
+
+        out, alpha = self.attend(
+            x, structure, bool(return_attention_weights), edge_attr=edge_attr, edge_type=edge_type
+        )
+        if not return_attention_weights:
+            return out
+        if self.mode == "global":
+            return out, (structure.attention_pairs, alpha)
+        return out, (
+            edge_index,
+            alpha[structure.edge_pair] * self._edge_share(structure, edge_attr),
+        )
+
+    def _check_structure(
+        self,
+        structure: GraphStructure,
+        edge_index: Tensor,
+        num_src: int,
+        num_dst: int,
+        edge_distance: Tensor | None,
+    ) -> None:
+        if not isinstance(structure, GraphStructure):
+            raise TypeError(f"structure must be a GraphStructure, got {type(structure).__name__}")
+        if structure.mode != self.mode:
+            raise ValueError(
+                f"structure was built for mode={structure.mode!r}, layer is {self.mode!r}"
+            )
+        if self.max_distance is not None and structure.max_distance != self.max_distance:
+            raise ValueError(
+                f"layer has max_distance={self.max_distance}; build the structure with it "
+                f"(got {structure.max_distance})"
+            )
+        if edge_distance is not None:
+            raise ValueError("pass edge_distance to GraphStructure.build, not with a structure")
+        if not structure.matches(edge_index, num_src, num_dst):
+            raise ValueError(
+                "structure was built for another graph (edge_index or node counts differ): "
+                "build one GraphStructure per batch"
+            )
+
+    # --------------------------------------------------------------------------- mods
+    def score_mod(
+        self,
+        structure: GraphStructure,
+        edge_attr: Tensor | None = None,
+        edge_type: Tensor | None = None,
+    ) -> ScoreMod | None:
+        """Gate, pair bias and distance bias of this batch, composed in that order."""
+        num_edges = structure.edge_pair.numel()
+        if self.edge_dim is not None:
+            if edge_attr is None:
+                raise ValueError(f"edge_attr [E, {self.edge_dim}] is required: edge_dim is set")
+            check_edge_tensor(edge_attr, "edge_attr", num_edges, self.edge_dim)
+        elif edge_attr is not None:
+            raise ValueError("edge_attr was given but the layer has edge_dim=None")
+        if self.num_edge_types is not None:
+            if edge_type is None:
+                raise ValueError("edge_type [E] is required: num_edge_types is set")
+            check_edge_tensor(edge_type, "edge_type", num_edges, None, integer=True)
+            if num_edges and (
+                int(edge_type.min()) < 0 or int(edge_type.max()) >= self.num_edge_types
+            ):
+                raise ValueError(
+                    f"edge_type values must be in [0, num_edge_types={self.num_edge_types})"
+                )
+        elif edge_type is not None:
+            raise ValueError("edge_type was given but the layer has num_edge_types=None")
+
+        pair_of = structure.pair_lookup()
+        distance_of = structure.distance_lookup() if self.max_distance else None
+        gate = None
+        if self.gate_type is not None or self.gate_distance is not None:
+            gate = sigmoid_gate(
+                pair_of,
+                self._pair_type_logits(structure, edge_type)
+                if self.gate_type is not None
+                else None,
+                distance_of,
+                self.gate_distance.weight if self.gate_distance is not None else None,
+            )
+        bias_table = self._pair_bias_table(structure, edge_attr)
+        return compose(
+            gate,
+            pair_bias(pair_of, bias_table) if bias_table is not None else None,
+            distance_bias(distance_of, self.distance_bias.weight) if distance_of else None,
+        )
+
+    def _edge_bias(self, edge_attr: Tensor | None) -> Tensor | None:
+        """``[E, H]`` per-edge bias ``w_h^T a_e``, or None without ``edge_dim``."""
+        if self.lin_edge is None:
+            return None
+        return self.lin_edge(edge_attr.view(edge_attr.size(0), -1))
+
+    def _pair_bias_table(
+        self, structure: GraphStructure, edge_attr: Tensor | None
+    ) -> Tensor | None:
+        """``[P + 1, H]``: row 0 the no-edge bias, row p + 1 the log-sum-exp of pair p's edges."""
+        edge_bias = self._edge_bias(edge_attr)
+        heads = self.heads
+        if edge_bias is None:
+            if not structure.has_parallel_edges and self.no_edge_bias is None:
+                return None
+            pair = structure.pair_multiplicity.to(self.lin_query.weight.dtype).log()
+            pair = pair.unsqueeze(1).expand(-1, heads)
+        else:
+            pair = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
+        no_edge = self.no_edge_bias if self.no_edge_bias is not None else pair.new_zeros(heads)
+        return torch.cat([no_edge.to(pair.dtype).unsqueeze(0), pair])
+
+    def _pair_type_logits(self, structure: GraphStructure, edge_type: Tensor) -> Tensor:
+        """``[P + 1, H]`` type gate logits: row 0 the no-edge type, then the mean over each pair's
+        parallel edges (so the gate is a property of the node pair, as the flex path needs)."""
+        per_edge = self.gate_type(edge_type.long())
+        per_pair = scatter(per_edge, structure.edge_pair, 0, structure.num_pairs, reduce="mean")
+        no_edge = self.gate_type.weight[self.num_edge_types]
+        return torch.cat([no_edge.unsqueeze(0), per_pair])
+
+    def _edge_share(self, structure: GraphStructure, edge_attr: Tensor | None) -> Tensor:
+        """``[E, H]`` (or ``[E, 1]``) share of each edge in its pair's attention weight."""
+        edge_bias = self._edge_bias(edge_attr)
+        if edge_bias is None:
+            return (1.0 / structure.pair_multiplicity[structure.edge_pair]).unsqueeze(1)
+        lse = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
+        return (edge_bias - lse[structure.edge_pair]).exp()
+
+    def __repr__(self) -> str:
+        extras = "".join(
+            f", {name}={getattr(self, name)}"
+            for name in ("edge_dim", "num_edge_types", "max_distance")
+            if getattr(self, name) is not None
+        )
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+            f"heads={self.heads}, mode='{self.mode}'{extras})"
+        )
+
+
+def _scatter_logsumexp(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    """Numerically stable per-group log-sum-exp of ``src`` ``[E, H]`` into ``[dim_size, H]``."""
+    peak = scatter(src.detach(), index, 0, dim_size, reduce="max")
+    total = scatter((src - peak[index]).exp(), index, 0, dim_size, reduce="sum")
+    return total.log() + peak
