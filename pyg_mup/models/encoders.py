@@ -1,0 +1,92 @@
+"""Input encoders: node and edge features → ``[*, width]`` vectors.
+
+Molecules (``ogbg-mol*``) use OGB's ``AtomEncoder``/``BondEncoder`` (one embedding table per
+categorical feature column, summed). Other datasets have float features (a linear map) or none
+(one learned vector shared by every node). All inits are width-independent, as μP wants of
+input layers (and as the SP twin then shares).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+from torch import Tensor, nn
+
+FeatureSpec = str | int | None
+"""``'atom'``/``'bond'`` (OGB molecule encoders), ``F`` (float features of size F), or ``None``."""
+
+
+class ConstantEncoder(nn.Module):
+    """One learned vector for every row, for graphs without features: ``[n] → [n, width]``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight)
+
+    def forward(self, num_rows: int) -> Tensor:
+        return self.weight.expand(num_rows, -1)
+
+
+class FeatureEncoder(nn.Module):
+    """Encode a feature tensor (or its absence) into ``[n, width]``.
+
+    Args:
+        spec: ``'atom'``, ``'bond'``, an input size ``F``, or ``None`` (no features).
+        width: output size.
+
+    Shapes: ``x`` ``[n, 9]`` (atom), ``[n, 3]`` (bond), ``[n, F]`` or ``[n]`` (float),
+    ignored with ``None`` (pass ``num_rows``). Output ``[n, width]``.
+    """
+
+    def __init__(self, spec: FeatureSpec, width: int) -> None:
+        super().__init__()
+        self.spec = spec
+        if spec == "atom":
+            self.encoder: nn.Module = AtomEncoder(width)
+        elif spec == "bond":
+            self.encoder = BondEncoder(width)
+        elif spec is None:
+            self.encoder = ConstantEncoder(width)
+        elif isinstance(spec, int) and spec > 0:
+            self.encoder = nn.Linear(spec, width)
+        else:
+            raise ValueError(f"feature spec must be 'atom', 'bond', a positive int or None: {spec}")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Embeddings N(0, 1/columns), so their sum has unit variance at every width (OGB's
+        xavier init would shrink it as 1/sqrt(width)); linear maps keep PyTorch's fan-in init."""
+        if isinstance(self.encoder, (AtomEncoder, BondEncoder)):
+            tables = [m for m in self.encoder.modules() if isinstance(m, nn.Embedding)]
+            for table in tables:
+                nn.init.normal_(table.weight, std=1.0 / math.sqrt(len(tables)))
+        else:
+            self.encoder.reset_parameters()
+
+    def forward(self, x: Tensor | None, num_rows: int | None = None) -> Tensor:
+        if self.spec is None:
+            if num_rows is None:
+                raise ValueError("num_rows is required when there are no features")
+            return self.encoder(num_rows)
+        if x is None:
+            raise ValueError(f"features are required (encoder {self.spec!r})")
+        if isinstance(self.spec, int):
+            x = x.view(x.size(0), -1).to(self.encoder.weight.dtype)
+        return self.encoder(x)
+
+
+def feature_specs(dataset_name: str, x: Tensor | None, edge_attr: Tensor | None) -> tuple:
+    """``(node_spec, edge_spec)`` for a dataset, from its name and one example's tensors."""
+    if dataset_name.startswith("ogbg-mol"):
+        return "atom", "bond"
+
+    def spec(t: Tensor | None) -> FeatureSpec:
+        return None if t is None else (t.view(t.size(0), -1).size(1))
+
+    return spec(x), spec(edge_attr)
