@@ -103,6 +103,9 @@ def test_base_shapes_file_roundtrip(tmp_path):
         torch.testing.assert_close(p, q)
     with pytest.raises(ValueError, match="different architectures"):
         mup.set_base_shapes(mlp(256)[:3], tmp_path / "mlp.json")
+    conv = nn.Sequential(nn.Conv1d(5, 256, 1), *mlp(256)[1:])
+    with pytest.raises(ValueError, match=r"'0\.weight' has shape \(256, 5, 1\) in the model"):
+        mup.set_base_shapes(conv, tmp_path / "mlp.json")
 
 
 def test_ddp_and_compile_prefixes():

@@ -4,22 +4,22 @@ Each parameter's lr is the tuned base lr times a factor from its `WidthInfo` (se
 `set_base_shapes`); parameters with the same factors share a group. Per Tensor Programs V
 (Table 8, Adam; Table 3, SGD), in microsoft/mup's form:
 
-| parameter                                   | Adam-like lr         | SGD-like lr                |
-|---------------------------------------------|----------------------|----------------------------|
-| hidden matrix (2 width dims)                | / fan_in_mult        | / (fan_in_mult/fan_out_mult)|
-| vector-like (1 width dim: input weights,    | unchanged            | × width_mult               |
-|   biases, embeddings, norms, MuReadout)     |                      |                            |
-| GAT-style attention vector (1, H, C)        | / width_mult         | / width_mult               |
-| fixed (no width dim)                        | unchanged            | unchanged                  |
+| parameter                                        | Adam-like lr   | SGD-like lr            |
+|--------------------------------------------------|----------------|------------------------|
+| hidden matrix (2 width dims)                     | / fan_in_mult  | × fan_out / fan_in mult|
+| vector-like (1 width dim: input weights, biases, | unchanged      | × width_mult           |
+|   embeddings, norms, MuReadout weight)           |                |                        |
+| GAT-style attention vector `(1, H, C)`           | / width_mult   | / width_mult           |
+| fixed (no width dim)                             | unchanged      | unchanged              |
 
 Depth-μP marks (`depth.mark_residual_branch`) multiply the Adam lr by `1/sqrt(depth_mult)`.
 
-Weight decay (`decoupled_wd`, as in microsoft/mup): PyTorch's `Adam`, `AdamW` and `SGD` shrink a
-weight by `lr · weight_decay` per step. With `decoupled_wd=False` (default) the weight decay is
-divided by the lr factor, so `lr · weight_decay` — the decay per step — is the same at every
-width, which is what transfers. Use `decoupled_wd=True` for optimizers whose decay is not
-multiplied by the lr (fully decoupled, e.g. composer's `DecoupledAdamW`): the weight decay is
-then left as given.
+Weight decay (`decoupled_wd`, as in microsoft/mup): `torch.optim.AdamW` and `SGD` shrink a
+weight by `lr · weight_decay` per step (`Adam` adds `weight_decay · p` to the gradient). With
+`decoupled_wd=False` (default, microsoft/mup 1.0's behaviour) each group's weight decay is divided
+by its lr factor, so `lr · weight_decay`, the decay per step, is the same at every width, which is
+what transfers. Use `decoupled_wd=True` for optimizers whose decay is not multiplied by the lr
+(fully decoupled, e.g. composer's `DecoupledAdamW`): the weight decay is then left as given.
 
 The groups work with any `torch.optim` optimizer and LR scheduler (schedulers scale each group's
 lr by the same factor, keeping the μP ratios).

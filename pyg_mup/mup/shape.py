@@ -233,10 +233,9 @@ def set_base_shapes(
     for name, p in model.named_parameters():
         key = canonical_name(name)
         base_shape, dims, shape = spec.shapes[key], spec.width_dims[key], shapes[key]
-        fixed_mismatch = [
-            i for i in range(len(shape)) if i not in dims and shape[i] != base_shape[i]
-        ]
-        if len(base_shape) != len(shape) or fixed_mismatch:
+        if len(base_shape) != len(shape) or any(
+            i not in dims and shape[i] != base_shape[i] for i in range(len(shape))
+        ):
             raise ValueError(
                 f"the base model and the model have different architectures: {key!r} has shape "
                 f"{shape} in the model but {base_shape} in the base, and only dims "
