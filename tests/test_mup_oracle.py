@@ -8,10 +8,14 @@ import torch
 from torch import nn
 
 try:
-    import yaml  # noqa: F401
-except ImportError:  # mup is installed with --no-deps; it needs yaml only for base-shape files
+    import mup
+except ModuleNotFoundError as missing:  # installed with --no-deps: no yaml, which mup needs only
+    if missing.name != "yaml":  # for base-shape files, unused here; stub it just for the import
+        raise
     sys.modules["yaml"] = types.ModuleType("yaml")
-import mup
+    import mup
+
+    del sys.modules["yaml"]
 
 from pyg_mup import mup as ours
 

@@ -114,12 +114,13 @@ def coord_check(
 def plot_coord_check(
     records_sp: list[dict], records_mup: list[dict], path: str, title: str = "coord check"
 ) -> str:
-    """Plot RMS vs width (log-log), one panel per step, SP on the top row, μP below; save PNG."""
+    """Plot RMS vs width (log-log), one panel per step, SP on the top row and μP below (each
+    column on one y scale, so the two are comparable); save a PNG to `path` and return it."""
     from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     steps = sorted({r["step"] for r in records_sp + records_mup})
     fig = Figure(figsize=(3.2 * len(steps), 6.4))
-    axes = fig.subplots(2, len(steps), squeeze=False, sharex=True)
+    axes = fig.subplots(2, len(steps), squeeze=False, sharex=True, sharey="col")
     for row, (label, records) in enumerate((("SP", records_sp), ("μP", records_mup))):
         modules = list(dict.fromkeys(r["module"] for r in records))
         for col, step in enumerate(steps):
@@ -140,8 +141,9 @@ def plot_coord_check(
             if col == 0:
                 ax.set_ylabel("activation RMS")
     handles, labels = axes[1][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=6)
+    rows = -(-len(labels) // 4)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 0.82, 0.96))
+    fig.tight_layout(rect=(0, 0.03 * rows + 0.02, 1, 0.96))
     fig.savefig(path, dpi=120)
     return path
