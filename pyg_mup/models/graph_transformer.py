@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
-from pyg_mup.mup.readout import MuReadout
+from pyg_mup.mup import MuReadout
 from pyg_mup.structure import GraphStructure
 
 from .block import TransformerBlock

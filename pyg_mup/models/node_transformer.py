@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pyg_mup.mup.readout import MuReadout
+from pyg_mup.mup import MuReadout
 from pyg_mup.structure import GraphStructure
 
 from .block import TransformerBlock
