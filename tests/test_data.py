@@ -92,12 +92,12 @@ def test_read_only_root_is_copied_not_written(tmp_path):
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(DatasetError, match="unknown dataset 'ogbg-nope'.*ogbg-molhiv.*ogbn-arxiv"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'ogbg-nope'.*ogbg-molhiv.*ogbn-arxiv"):
         load_dataset("ogbg-nope")
 
 
 def test_missing_root(tmp_path):
-    with pytest.raises(DatasetError, match="does not exist.*download http"):
+    with pytest.raises(DatasetError, match=r"does not exist.*download http"):
         load_dataset("ogbg-molbace", tmp_path / "absent")
 
 
@@ -105,7 +105,7 @@ def test_missing_root(tmp_path):
 def test_folder_without_release_marker_errors_instead_of_prompting(tmp_path):
     root = copy_dataset("ogbg-molbace", tmp_path)
     (root / "ogbg_molbace" / "RELEASE_v1.txt").unlink()
-    with pytest.raises(DatasetError, match="RELEASE_v1.txt"):
+    with pytest.raises(DatasetError, match=r"RELEASE_v1\.txt"):
         load_dataset("ogbg-molbace", root)
 
 
@@ -157,7 +157,7 @@ def test_nan_labels_survive_loading(tmp_path):
     root = copy_dataset("ogbg-molsider", tmp_path)
     labels = root / "ogbg_molsider" / "raw" / "graph-label.csv.gz"
     lines = gzip.decompress(labels.read_bytes()).decode().splitlines()
-    lines[0] = ",".join(["nan"] + lines[0].split(",")[1:])
+    lines[0] = ",".join(["nan", *lines[0].split(",")[1:]])
     labels.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     loaded = load_dataset("ogbg-molsider", root)
     assert loaded.dataset.y.dtype == torch.float32

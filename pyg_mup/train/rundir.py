@@ -1,0 +1,80 @@
+"""The files of a run in ``--out``: checkpoint, best weights, per-epoch metrics, summary.
+
+- ``checkpoint.pt``: everything ``--resume`` needs (written atomically every epoch and on stop).
+- ``best.pt``: the model weights and settings at the best validation metric so far.
+- ``metrics.jsonl``: one JSON object per epoch.
+- ``summary.json``: the run at a glance, rewritten after every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write
+
+
+class RunDirError(RuntimeError):
+    """An output folder that cannot take this run, with a one-line message."""
+
+
+class RunDir:
+    """Paths and writers of one run's output folder (only the main rank writes)."""
+
+    FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.checkpoint = path / "checkpoint.pt"
+        self.best = path / "best.pt"
+        self.metrics = path / "metrics.jsonl"
+        self.summary = path / "summary.json"
+
+    def existing(self) -> list[Path]:
+        return [self.path / name for name in self.FILES if (self.path / name).exists()]
+
+    def check_fresh(self, overwrite: bool) -> None:
+        """Refuse to start a new run over an old one unless ``overwrite`` (checks only)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--out {self.path} exists and is not a folder")
+        if self.existing() and not overwrite:
+            raise RunDirError(
+                f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
+                "start over, or another --out"
+            )
+
+    def check_resumable(self) -> None:
+        if not self.checkpoint.is_file():
+            raise RunDirError(f"--resume: no checkpoint at {self.checkpoint}")
+
+    def start_fresh(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for path in self.existing():
+            path.unlink()
+
+    def trim_metrics(self, last_epoch: int) -> None:
+        """Drop metric lines past ``last_epoch``: a run stopped after writing them but before its
+        checkpoint would otherwise repeat those epochs in the file."""
+        if not self.metrics.exists():
+            return
+        lines = [
+            line
+            for line in self.metrics.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch
+        ]
+        text = "".join(f"{line}\n" for line in lines)
+        atomic_write(self.metrics, lambda f: f.write(text.encode()))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(self.summary, lambda f: f.write(text.encode()))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,179 @@
+"""Training runs on real OGB data (tiny models, CPU): files, metrics, NaN labels, resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyg_mup.train import TrainConfig, read_metrics, train
+from pyg_mup.train import loop as train_loop
+from pyg_mup.train.checkpoint import load
+from pyg_mup.train.stopping import StopRequest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared OGB data at {SHARED}")
+
+SUMMARY_KEYS = {
+    "dataset",
+    "metric",
+    "best_epoch",
+    "best_valid",
+    "test_at_best_valid",
+    "num_params",
+    "mup",
+    "width",
+    "seconds",
+}
+TINY = dict(width=16, layers=1, heads=2, batch_size=32, warmup_steps=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ogb_root(tmp_path_factory) -> Path:
+    """A writable copy of the shared datasets the tests train on."""
+    root = tmp_path_factory.mktemp("ogb")
+    for folder in ("ogbg_molbbbp", "ogbg_molfreesolv", "ogbg_molsider"):
+        shutil.copytree(SHARED / folder, root / folder)
+        for path in [root / folder, *(root / folder).rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return root
+
+
+def config(tmp_path: Path, **overrides) -> TrainConfig:
+    values = {**TINY, "out": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")}
+    return TrainConfig(**{**values, **overrides})
+
+
+def check_run_files(out: Path, epochs: int) -> dict:
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    for r in records:
+        assert {"epoch", "train_loss", "valid", "test", "seconds"} <= set(r)
+        assert all(math.isfinite(r[k]) for k in ("train_loss", "valid", "test"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert math.isfinite(summary["best_valid"]) and math.isfinite(summary["test_at_best_valid"])
+    assert summary["status"] == "complete"
+    state = load(out / "checkpoint.pt")
+    assert state["progress"]["epoch"] == epochs and state["progress"]["step"] == 0
+    assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(state)
+    return summary
+
+
+@needs_shared
+def test_one_epoch_classification(ogb_root, tmp_path):
+    summary = train(
+        config(tmp_path, dataset="ogbg-molbbbp", root=str(ogb_root), epochs=1, max_samples=256)
+    )
+    on_disk = check_run_files(tmp_path / "run", 1)
+    assert summary == {**on_disk, "signal": None}
+    assert summary["metric"] == "rocauc" and summary["mup"] is True and summary["width"] == 16
+
+
+@needs_shared
+def test_one_epoch_regression_sp_twin(ogb_root, tmp_path):
+    summary = train(
+        config(
+            tmp_path,
+            dataset="ogbg-molfreesolv",
+            root=str(ogb_root),
+            epochs=1,
+            max_samples=200,
+            mup=False,
+            attention="both",
+        )
+    )
+    check_run_files(tmp_path / "run", 1)
+    assert summary["metric"] == "rmse" and summary["mup"] is False
+
+
+@needs_shared
+def test_multitask_with_missing_labels_trains(ogb_root, tmp_path):
+    """ogbg-molsider (27 tasks) with a third of its labels made NaN, as in molpcba/tox21."""
+    root = tmp_path / "nan"
+    shutil.copytree(ogb_root / "ogbg_molsider", root / "ogbg_molsider")
+    labels = root / "ogbg_molsider" / "raw" / "graph-label.csv.gz"
+    rows = [line.split(",") for line in gzip.decompress(labels.read_bytes()).decode().split()]
+    for i, row in enumerate(rows):
+        for j in range(len(row)):
+            if (i + j) % 3 == 0:
+                row[j] = "nan"
+    labels.write_bytes(gzip.compress("".join(",".join(r) + "\n" for r in rows).encode()))
+    summary = train(
+        config(tmp_path, dataset="ogbg-molsider", root=str(root), epochs=1, max_samples=200)
+    )
+    check_run_files(tmp_path / "run", 1)
+    assert summary["metric"] == "rocauc"
+
+
+def test_embedded_default_dataset(tmp_path):
+    summary = train(config(tmp_path, epochs=1, max_samples=64))
+    assert summary["dataset"] == "ogbg-molesol" and summary["metric"] == "rmse"
+    check_run_files(tmp_path / "run", 1)
+
+
+def metrics_without_time(out: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(out)]
+
+
+def test_resume_gives_the_same_metrics(tmp_path):
+    common = dict(max_samples=160, dropout=0.1)
+    train(config(tmp_path / "straight", epochs=3, **common))
+    train(config(tmp_path / "resumed", epochs=1, **common))
+    train(config(tmp_path / "resumed", epochs=3, resume=True))
+    straight = metrics_without_time(tmp_path / "straight" / "run" / "metrics.jsonl")
+    resumed = metrics_without_time(tmp_path / "resumed" / "run" / "metrics.jsonl")
+    assert resumed == straight
+    a = load(tmp_path / "straight" / "run" / "checkpoint.pt")["model"]
+    b = load(tmp_path / "resumed" / "run" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class StopAfter(StopRequest):
+    """A stop request that fires after ``n`` step-boundary checks (a deterministic Ctrl-C)."""
+
+    n = 3
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_stop_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
+    common = dict(max_samples=160, dropout=0.1, batch_size=16)
+    train(config(tmp_path / "straight", epochs=2, **common))
+
+    monkeypatch.setattr(train_loop, "StopRequest", StopAfter)
+    stopped = train(config(tmp_path / "stopped", epochs=2, **common))
+    state = load(tmp_path / "stopped" / "run" / "checkpoint.pt")
+    assert (state["progress"]["epoch"], state["progress"]["step"]) == (0, 3)
+    assert stopped["epochs_completed"] == 0 and stopped["status"].startswith("stopped")
+    assert not (tmp_path / "stopped" / "run" / "metrics.jsonl").exists()
+
+    monkeypatch.setattr(train_loop, "StopRequest", StopRequest)
+    train(config(tmp_path / "stopped", epochs=2, resume=True, batch_size=16))
+    straight = metrics_without_time(tmp_path / "straight" / "run" / "metrics.jsonl")
+    resumed = metrics_without_time(tmp_path / "stopped" / "run" / "metrics.jsonl")
+    assert resumed == straight
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path):
+    train(config(tmp_path, epochs=1, max_samples=64))
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    summary = train(config(tmp_path, epochs=1, resume=True))
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 1
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_time_budget_stops_cleanly(tmp_path):
+    summary = train(config(tmp_path, epochs=50, max_minutes=1e-4, max_samples=64))
+    assert summary["status"] == "stopped at the --max-minutes budget"
+    assert summary["signal"] is None
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
