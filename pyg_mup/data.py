@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -268,13 +269,15 @@ def _cached_copy(folder: Path, cache_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def _ogb_guard() -> Iterator[None]:
-    """Run ``ogb`` with an empty stdin (a prompt raises ``EOFError`` instead of hanging) and its
-    chatter ("Loading necessary files...") sent to stderr, keeping stdout for results."""
+    """Run ``ogb`` with an empty stdin (a prompt raises ``EOFError`` instead of hanging), its
+    chatter ("Loading necessary files...") sent to stderr, keeping stdout for results, and
+    without its harmless warning about read-only NumPy labels."""
     torch.serialization.add_safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage])
     stdin = sys.stdin
     sys.stdin = io.StringIO("")
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             yield
     finally:
         sys.stdin = stdin
