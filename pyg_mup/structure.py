@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
 
 from pyg_mup.checks import check_batch, check_edge_index
+from pyg_mup.layout import LAYOUTS, packed_graph_starts, rcm_slots
 from pyg_mup.pair_lookup import HashLookup, TileLookup, build_pair_lookup
 
 MODES = ("local", "global")
@@ -40,11 +41,16 @@ class GraphStructure:
     Shapes (``E`` edges, ``P`` unique (dst, src) pairs, ``B`` block size, ``QB``/``KB`` query/key
     block counts, ``T`` tiles):
 
+    Attention runs over a sequence of *slots*: node ``n`` sits at slot ``node_slot[n]`` when a
+    ``layout`` reorders or packs nodes (:mod:`pyg_mup.layout`), else at slot ``n``. Every index
+    below, and every index a mod receives, is a slot; ``node_of_slot`` maps back (-1 = padding).
+
     * ``edge_index``: ``[2, E]`` the edges it was built from (used to detect a stale structure).
-    * ``pair_index``: ``[2, P]`` unique (src, dst) pairs sorted by (dst, src).
+    * ``pair_index``: ``[2, P]`` unique (src, dst) slot pairs sorted by (dst, src).
     * ``edge_pair``: ``[E]`` the pair of each edge; ``pair_multiplicity``: ``[P]``.
     * ``lookup``: tiles or hash answering ``(q, kv) -> pair id + 1`` (:mod:`pyg_mup.pair_lookup`).
-    * ``node_graph``: ``[QB * B]`` graph of each node, -1 for padding (global mode and ``batch``).
+    * ``node_graph``: ``[QB * B]`` graph of each slot, -1 for padding (global mode);
+      ``graph_start``/``graph_size``: ``[G]`` first slot and node count of each graph.
     * ``distance_table`` / ``distance_row``: flat Σ n_g² hop distances and per-query row offsets
       (global mode with ``max_distance``); ``pair_distance``: ``[P + 1]`` (local mode).
     """
@@ -58,13 +64,17 @@ class GraphStructure:
     edge_pair: Tensor
     pair_multiplicity: Tensor
     lookup: TileLookup | HashLookup
+    seq_src: int = 0
+    seq_dst: int = 0
+    node_slot: Tensor | None = None
+    node_of_slot: Tensor | None = None
     node_graph: Tensor | None = None
-    graph_ptr: Tensor | None = None
+    graph_start: Tensor | None = None
+    graph_size: Tensor | None = None
     max_distance: int | None = None
     distance_table: Tensor | None = None
     distance_row: Tensor | None = None
     pair_distance: Tensor | None = None
-    _graph_of_node: Tensor | None = field(default=None, repr=False)
     _pair_blocks: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
     _block_mask: BlockMask | None = field(default=None, repr=False)
     _attention_pairs: Tensor | None = field(default=None, repr=False)
@@ -80,6 +90,7 @@ class GraphStructure:
         edge_distance: Tensor | None = None,
         block_size: int = 128,
         lookup: str = "auto",
+        layout: str | None = None,
     ) -> GraphStructure:
         """Build the structure of a batch in O(N + E) time and memory (plus Σ n_g² distances).
 
@@ -98,6 +109,9 @@ class GraphStructure:
             block_size: FlexAttention block size ``B``.
             lookup: ``'tiles'``, ``'hash'`` or ``'auto'`` (tiles unless they would cost more than
                 ``TILE_BUDGET_PER_PAIR`` entries per edge pair); see :mod:`pyg_mup.pair_lookup`.
+            layout: ``None`` (slot = node index), ``'rcm'`` (local mode: reverse Cuthill–McKee
+                order for large graphs in random node order) or ``'pack'`` (global mode: no
+                graph straddles a block boundary); see :mod:`pyg_mup.layout`.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -116,21 +130,45 @@ class GraphStructure:
             if max_distance is None:
                 raise ValueError("edge_distance needs max_distance (the distance embedding size)")
             _check_edge_distance(edge_distance, edge_index.size(1))
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "rcm" and (mode != "local" or isinstance(num_nodes, tuple)):
+            raise ValueError("layout='rcm' reorders one node set in mode='local'")
+        if layout == "pack" and mode != "global":
+            raise ValueError("layout='pack' packs graphs into blocks in mode='global'")
+
+        batch = _graph_index(batch, num_dst, device) if mode == "global" else None
+        graph_size = graph_start = None
+        node_slot, seq_src, seq_dst = None, num_src, num_dst
+        if mode == "global":
+            graph_size = torch.bincount(batch, minlength=int(batch[-1]) + 1 if num_dst else 0)
+            graph_start = graph_size.cumsum(0) - graph_size
+        if layout == "rcm":
+            node_slot = rcm_slots(edge_index, num_dst)
+        elif layout == "pack":
+            graph_start, seq_dst = packed_graph_starts(graph_size, block_size)
+            seq_src = seq_dst
+            position = (
+                torch.arange(num_dst, device=device) - (graph_size.cumsum(0) - graph_size)[batch]
+            )
+            node_slot = graph_start[batch] + position
 
         src, dst = edge_index[0].long(), edge_index[1].long()
-        key = dst * num_src + src
+        if node_slot is not None:
+            src, dst = node_slot[src], node_slot[dst]
+        key = dst * seq_src + src
         unique_key, edge_pair, multiplicity = torch.unique(
             key, sorted=True, return_inverse=True, return_counts=True
         )
-        pair_index = torch.stack([unique_key % num_src, unique_key // num_src])
-        q_blocks, kv_blocks = _num_blocks(num_dst, block_size), _num_blocks(num_src, block_size)
+        pair_index = torch.stack([unique_key % seq_src, unique_key // seq_src])
+        q_blocks, kv_blocks = _num_blocks(seq_dst, block_size), _num_blocks(seq_src, block_size)
         block_key = (pair_index[1] // block_size) * kv_blocks + pair_index[0] // block_size
         unique_block, tile_of_pair, block_count = torch.unique(
             block_key, sorted=True, return_inverse=True, return_counts=True
         )
         pair_lookup = build_pair_lookup(
             pair_index,
-            num_src,
+            seq_src,
             unique_block,
             tile_of_pair + 1,
             unique_block.numel(),
@@ -151,11 +189,19 @@ class GraphStructure:
             edge_pair=edge_pair,
             pair_multiplicity=multiplicity,
             lookup=pair_lookup,
+            seq_src=seq_src,
+            seq_dst=seq_dst,
+            node_slot=node_slot,
+            graph_start=graph_start,
+            graph_size=graph_size,
             max_distance=max_distance,
             _pair_blocks=pair_blocks,
         )
+        if node_slot is not None:
+            structure.node_of_slot = torch.full((seq_dst,), -1, dtype=torch.long, device=device)
+            structure.node_of_slot[node_slot] = torch.arange(num_dst, device=device)
         if mode == "global":
-            structure._set_graphs(batch)
+            structure._set_node_graph(batch)
         if max_distance is not None:
             pair_dist = _edge_pair_distance(
                 pair_index, edge_pair, edge_distance, max_distance, device
@@ -229,14 +275,19 @@ class GraphStructure:
     @property
     def attention_pairs(self) -> Tensor:
         """``[2, P_att]`` (src, dst) pairs attended over, sorted by dst: the unique edge pairs in
-        local mode, every within-graph pair (Σ n_g²) in global mode. The message-passing backend
-        runs on these."""
+        local mode, every within-graph pair (Σ n_g²) in global mode; slots, like every index
+        here. The message-passing backend runs on these."""
         if self._attention_pairs is None:
             if self.mode == "local":
                 self._attention_pairs = self.pair_index
             else:
-                self._attention_pairs = _within_graph_pairs(self.graph_ptr)
+                self._attention_pairs = _within_graph_pairs(self.graph_start, self.graph_size)
         return self._attention_pairs
+
+    def attention_pairs_of_nodes(self) -> Tensor:
+        """:attr:`attention_pairs` as node indices (slots mapped back through the layout)."""
+        pairs = self.attention_pairs
+        return pairs if self.node_of_slot is None else self.node_of_slot[pairs]
 
     def matches(self, edge_index: Tensor, num_src: int, num_dst: int) -> bool:
         """Whether this structure was built for these edges and node counts (stale check)."""
@@ -249,19 +300,27 @@ class GraphStructure:
         )
 
     # ----------------------------------------------------------------------------- builders
-    def _set_graphs(self, batch: Tensor | None) -> None:
-        size, n = self.block_size, self.num_dst
-        device = self.edge_index.device
-        if batch is None:
-            batch = torch.zeros(n, dtype=torch.long, device=device)
-        batch = batch.long()
-        num_graphs = int(batch[-1]) + 1 if n > 0 else 0
-        counts = torch.bincount(batch, minlength=num_graphs)
-        self.graph_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        padded = _num_blocks(n, size) * size
-        self.node_graph = torch.full((padded,), -1, dtype=torch.long, device=device)
-        self.node_graph[:n] = batch
-        self._graph_of_node = batch
+    def to_slots(self, value: Tensor) -> Tensor:
+        """Arrange per-node rows ``[N, ...]`` in slot order ``[S, ...]`` (zeros at padding).
+
+        Mods index tensors with slots: a custom mod reading per-node data through a structure
+        with a ``layout`` captures ``structure.to_slots(data)``. Identity without a layout.
+        """
+        if self.node_slot is None:
+            return value
+        slots = value.new_zeros((self.seq_dst, *value.shape[1:]))
+        slots[self.node_slot] = value
+        return slots
+
+    def from_slots(self, value: Tensor) -> Tensor:
+        """Inverse of :meth:`to_slots`: rows ``[S, ...]`` back in node order ``[N, ...]``."""
+        return value if self.node_slot is None else value[self.node_slot]
+
+    def _set_node_graph(self, batch: Tensor) -> None:
+        padded = _num_blocks(self.seq_dst, self.block_size) * self.block_size
+        self.node_graph = torch.full((padded,), -1, dtype=torch.long, device=batch.device)
+        slots = self.node_slot if self.node_slot is not None else slice(0, self.num_dst)
+        self.node_graph[slots] = batch
 
     def _set_distance_table(self, pair_dist: Tensor) -> None:
         """Tabulate hop distances j → i inside each graph by a batched BFS along edge directions.
@@ -269,21 +328,26 @@ class GraphStructure:
         ``distance_table[distance_row[i] + j]`` is the distance from ``j`` to ``i``; rows are
         queries. Work and memory are Σ n_g² (plus the BFS frontier), never N².
         """
-        ptr, batch, n = self.graph_ptr, self._graph_of_node, self.num_dst
+        starts, sizes, seq = self.graph_start, self.graph_size, self.seq_dst
+        device = sizes.device
         unreachable = self.max_distance + 1
-        sizes = ptr[1:] - ptr[:-1]
         offsets = torch.cat([sizes.new_zeros(1), (sizes * sizes).cumsum(0)])
-        nodes = torch.arange(n, device=ptr.device)
-        row = offsets[batch] + (nodes - ptr[batch]) * sizes[batch] - ptr[batch]
-        table = torch.full((int(offsets[-1]),), unreachable, dtype=torch.long, device=ptr.device)
+        graph = self.node_graph[:seq]
+        real = graph >= 0
+        slots = torch.arange(seq, device=device)
+        safe = graph.clamp(min=0)
+        row = torch.where(
+            real, offsets[safe] + (slots - starts[safe]) * sizes[safe] - starts[safe], 0
+        )
+        table = torch.full((int(offsets[-1]),), unreachable, dtype=torch.long, device=device)
 
         src, dst = self.pair_index
         order = torch.argsort(src, stable=True)
         out_dst = dst[order]
-        out_ptr = torch.cat([src.new_zeros(1), torch.bincount(src, minlength=n).cumsum(0)])
+        out_ptr = torch.cat([src.new_zeros(1), torch.bincount(src, minlength=seq).cumsum(0)])
         out_deg = out_ptr[1:] - out_ptr[:-1]
 
-        origin, reached = nodes, nodes
+        origin = reached = slots[real]
         table[row[reached] + origin] = 0
         for hops in range(1, self.max_distance + 1):
             degree = out_deg[reached]
@@ -291,7 +355,7 @@ class GraphStructure:
             if total == 0:
                 break
             starts = torch.repeat_interleave(out_ptr[reached], degree)
-            within = torch.arange(total, device=ptr.device) - torch.repeat_interleave(
+            within = torch.arange(total, device=device) - torch.repeat_interleave(
                 degree.cumsum(0) - degree, degree
             )
             origin = torch.repeat_interleave(origin, degree)
@@ -304,9 +368,8 @@ class GraphStructure:
             table[index] = hops
         edge_index = row[dst] + src
         table[edge_index] = torch.minimum(table[edge_index], pair_dist)
-        padded = self.node_graph.numel()
-        self.distance_row = torch.zeros(padded, dtype=torch.long, device=ptr.device)
-        self.distance_row[:n] = row
+        self.distance_row = torch.zeros(self.node_graph.numel(), dtype=torch.long, device=device)
+        self.distance_row[:seq] = row
         self.distance_table = table if table.numel() > 0 else table.new_zeros(1)
 
     def block_mask_with(
@@ -323,18 +386,20 @@ class GraphStructure:
         keep_full_blocks: bool = True,
     ) -> BlockMask:
         size = self.block_size
-        q_blocks = _num_blocks(self.num_dst, size)
-        kv_blocks = _num_blocks(self.num_src, size)
+        q_blocks = _num_blocks(self.seq_dst, size)
+        kv_blocks = _num_blocks(self.seq_src, size)
         device = self.edge_index.device
         if self.mode == "local":
             block_q, block_kv, block_count = self._pair_blocks
             full = (
                 (block_count == size * size)
-                & _block_is_whole(block_q, self.num_dst, size)
-                & _block_is_whole(block_kv, self.num_src, size)
+                & _block_is_whole(block_q, self.seq_dst, size)
+                & _block_is_whole(block_kv, self.seq_src, size)
             )
         else:
-            block_q, block_kv, full = _global_blocks(self._graph_of_node, self.graph_ptr, size)
+            block_q, block_kv, full = _global_blocks(
+                self.node_graph, self.graph_start, self.graph_size, size
+            )
         if not keep_full_blocks:
             full = torch.zeros_like(full)
         kv_num, kv_idx = _block_lists(block_q[~full], block_kv[~full], q_blocks, kv_blocks, device)
@@ -348,7 +413,7 @@ class GraphStructure:
             full_idx,
             BLOCK_SIZE=size,
             mask_mod=mask_mod if mask_mod is not None else self.mask_mod(),
-            seq_lengths=(self.num_dst, self.num_src),
+            seq_lengths=(self.seq_dst, self.seq_src),
         )
 
 
@@ -376,6 +441,13 @@ def _check_edge_distance(edge_distance: Tensor, num_edges: int) -> None:
         )
     if num_edges and int(edge_distance.min()) < 0:
         raise ValueError("edge_distance must be non-negative")
+
+
+def _graph_index(batch: Tensor | None, num_nodes: int, device: torch.device) -> Tensor:
+    """``[N]`` long graph index; ``None`` means one graph."""
+    if batch is None:
+        return torch.zeros(num_nodes, dtype=torch.long, device=device)
+    return batch.long()
 
 
 def _num_blocks(length: int, size: int) -> int:
@@ -411,29 +483,32 @@ def _block_is_whole(block: Tensor, length: int, size: int) -> Tensor:
     return (block + 1) * size <= length
 
 
-def _global_blocks(batch: Tensor, ptr: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+def _global_blocks(
+    node_graph: Tensor, starts: Tensor, sizes: Tensor, size: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(q_block, kv_block, is_full)`` of every block within-graph attention touches.
 
-    Graphs are contiguous node ranges, so a query block's allowed keys form one contiguous range
-    from the first node of its first graph to the last node of its last graph. A block is full
-    when both of its node ranges are whole blocks inside one and the same graph.
+    ``node_graph``: ``[QB * B]`` graph of each slot (-1 = padding). Graphs occupy contiguous
+    slot ranges, so a query block's allowed keys form one contiguous range, from the first slot
+    of its first graph to the last slot of its last graph. A block is full when all its slots
+    hold nodes of one graph, and so do the key block's.
     """
-    n = batch.numel()
-    device = batch.device
-    if n == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
+    device = node_graph.device
+    per_block = node_graph.view(-1, size)
+    real = per_block >= 0
+    has_nodes = real.any(1)
+    first = torch.where(real, per_block, per_block.new_full((), 2**62)).amin(1)
+    last = per_block.amax(1)
+    first, last = first.clamp(max=max(sizes.numel() - 1, 0)), last.clamp(min=0)
+    block = torch.arange(per_block.size(0), device=device)
+    if sizes.numel() == 0:
+        empty = block[:0]
         return empty, empty, empty.bool()
-    num_blocks = _num_blocks(n, size)
-    block = torch.arange(num_blocks, device=device)
-    starts = block * size
-    first_graph = batch[starts]
-    last_graph = batch[torch.clamp(starts + size, max=n) - 1]
-    kv_lo = ptr[first_graph] // size
-    kv_hi = (ptr[last_graph + 1] - 1) // size
+    kv_lo = starts[first] // size
+    kv_hi = (starts[last] + sizes[last] - 1) // size
     allowed = (block[None, :] >= kv_lo[:, None]) & (block[None, :] <= kv_hi[:, None])
-    single = torch.where(
-        (first_graph == last_graph) & _block_is_whole(block, n, size), first_graph, -1
-    )
+    allowed &= has_nodes[:, None] & has_nodes[None, :]
+    single = torch.where(real.all(1) & (first == last), first, -1)
     block_q, block_kv = allowed.nonzero().t()
     full = (single[block_q] == single[block_kv]) & (single[block_q] >= 0)
     return block_q, block_kv, full
@@ -451,13 +526,16 @@ def _block_lists(
     return count.to(torch.int32)[None, None], indices[None, None]
 
 
-def _within_graph_pairs(ptr: Tensor) -> Tensor:
-    """``[2, Σ n_g²]`` every (src, dst) pair inside each graph, sorted by dst then src."""
-    sizes = ptr[1:] - ptr[:-1]
-    device = ptr.device
-    rows = torch.repeat_interleave(sizes, sizes)  # for each dst node: its graph's size
-    dst = torch.repeat_interleave(torch.arange(int(ptr[-1]), device=device), rows)
-    graph_start = torch.repeat_interleave(ptr[:-1], sizes * sizes)
-    dst_start = torch.repeat_interleave(rows.cumsum(0) - rows, rows)
-    src = graph_start + torch.arange(dst.numel(), device=device) - dst_start
-    return torch.stack([src, dst])
+def _within_graph_pairs(starts: Tensor, sizes: Tensor) -> Tensor:
+    """``[2, Σ n_g²]`` every (src, dst) slot pair inside each graph, sorted by dst then src."""
+    device = sizes.device
+    graphs = torch.arange(sizes.numel(), device=device)
+    dst_graph = torch.repeat_interleave(graphs, sizes)
+    first_node = sizes.cumsum(0) - sizes
+    dst = starts[dst_graph] + torch.arange(dst_graph.numel(), device=device) - first_node[dst_graph]
+    row_length = sizes[dst_graph]
+    pair_dst = torch.repeat_interleave(dst, row_length)
+    pair_graph = torch.repeat_interleave(dst_graph, row_length)
+    row_start = torch.repeat_interleave(row_length.cumsum(0) - row_length, row_length)
+    src = starts[pair_graph] + torch.arange(pair_dst.numel(), device=device) - row_start
+    return torch.stack([src, pair_dst])

@@ -415,3 +415,35 @@ def test_flex_backend_refuses_cpu_backward_and_dropout_clearly():
         FlexGraphConv(8, 4, backend="flex")(x, edge_index)
     with torch.no_grad(), pytest.raises(ValueError, match="attention dropout is not supported"):
         FlexGraphConv(8, 4, backend="flex", dropout=0.1)(x, edge_index)
+
+
+@pytest.mark.parametrize(
+    ("mode", "layout"), [("local", "rcm"), ("global", "pack")], ids=["rcm", "pack"]
+)
+@pytest.mark.parametrize("backend", ["message_passing", "flex"])
+def test_layout_is_invisible_to_the_caller(mode, layout, backend):
+    generator = torch.Generator().manual_seed(13)
+    x, edge_index, batch = random_batch([5, 11, 3, 9, 14, 6], 20, generator)
+    inputs = _edge_inputs(edge_index, generator)
+    message_passing, flex = _twins(
+        13, in_channels=8, out_channels=4, heads=2, mode=mode, block_size=16, **GATED
+    )
+    layer = message_passing if backend == "message_passing" else flex
+    build = {"mode": mode, "max_distance": 3, "block_size": 16}
+    plain = GraphStructure.build(edge_index, x.size(0), batch, **build)
+    laid_out = GraphStructure.build(edge_index, x.size(0), batch, layout=layout, **build)
+    assert laid_out.node_slot is not None
+    with torch.no_grad():
+        expected = message_passing(x, edge_index, batch=batch, structure=plain, **inputs)
+        out = layer(x, edge_index, batch=batch, structure=laid_out, **inputs)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+    _, (index, alpha) = message_passing(
+        x, edge_index, batch=batch, structure=laid_out, return_attention_weights=True, **inputs
+    )
+    _, (plain_index, plain_alpha) = message_passing(
+        x, edge_index, batch=batch, structure=plain, return_attention_weights=True, **inputs
+    )
+    order, plain_order = (torch.argsort(i[1] * x.size(0) + i[0]) for i in (index, plain_index))
+    assert torch.equal(index[:, order], plain_index[:, plain_order])
+    assert torch.allclose(alpha[order], plain_alpha[plain_order], atol=1e-6)

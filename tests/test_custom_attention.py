@@ -1,5 +1,6 @@
 """A custom graph attention written only as mods: the MuPFlexAttention extension point."""
 
+import pytest
 import torch
 from graphs import random_batch
 from torch.nn import Parameter
@@ -42,20 +43,26 @@ def _dense_reference(layer, x, pos, batch, cutoff):
     return out + layer.lin_skip(x)
 
 
-def test_custom_distance_decay_attention_on_both_backends():
+@pytest.mark.parametrize("layout", [None, "pack"])
+def test_custom_distance_decay_attention_on_both_backends(layout):
     generator = torch.Generator().manual_seed(0)
     x, edge_index, batch = random_batch([9, 14, 5], 10, generator)
     pos = torch.randn(x.size(0), 3, generator=generator)
-    structure = GraphStructure.build(edge_index, x.size(0), batch, mode="global", block_size=8)
+    structure = GraphStructure.build(
+        edge_index, x.size(0), batch, mode="global", block_size=8, layout=layout
+    )
+    pos_in_slots = structure.to_slots(pos)  # mods index by slot; identity without a layout
     torch.manual_seed(0)
     layer = DistanceDecayAttention(8, 4, heads=2, backend="message_passing")
     flex = DistanceDecayAttention(8, 4, heads=2, backend="flex")
     flex.load_state_dict(layer.state_dict())
     with torch.no_grad():
         expected = _dense_reference(layer, x, pos, batch, cutoff=1.5)
-        assert torch.allclose(layer(x, structure, pos=pos, cutoff=1.5), expected, atol=1e-5)
-        assert torch.allclose(flex(x, structure, pos=pos, cutoff=1.5), expected, atol=1e-5)
+        out = layer(x, structure, pos=pos_in_slots, cutoff=1.5)
+        assert torch.allclose(out, expected, atol=1e-5)
+        out = flex(x, structure, pos=pos_in_slots, cutoff=1.5)
+        assert torch.allclose(out, expected, atol=1e-5)
 
-    out = layer(x, structure, pos=pos, cutoff=1.5)
+    out = layer(x, structure, pos=pos_in_slots, cutoff=1.5)
     out.sum().backward()
     assert layer.decay.grad is not None and layer.decay.grad.abs().sum() > 0

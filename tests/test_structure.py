@@ -169,3 +169,61 @@ def test_bad_input_names_the_argument(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         GraphStructure.build(**arguments)
+
+
+def test_pack_layout_keeps_small_graphs_inside_one_block(batch_graph):
+    x, edge_index, batch = batch_graph
+    block = 16
+    structure = GraphStructure.build(
+        edge_index, x.size(0), batch, mode="global", block_size=block, layout="pack"
+    )
+    slot = structure.node_slot
+    assert torch.equal(structure.node_of_slot[slot], torch.arange(x.size(0)))
+    for graph in range(int(batch.max()) + 1):
+        slots = slot[batch == graph]
+        if 0 < slots.numel() <= block:
+            assert (slots // block).unique().numel() == 1
+    # in slot space the mask is exactly "same graph"
+    q, kv = _all_pairs(structure.seq_dst)
+    allowed = structure.mask_mod()(0, 0, q, kv)
+    graph_of_slot = structure.node_graph[: structure.seq_dst]
+    expected = (graph_of_slot[:, None] == graph_of_slot[None, :]) & (graph_of_slot[:, None] >= 0)
+    assert torch.equal(allowed, expected)
+    unpacked = GraphStructure.build(edge_index, x.size(0), batch, mode="global", block_size=block)
+    assert blocks_visited(structure) < blocks_visited(unpacked)
+
+
+def test_rcm_layout_relabels_edges_and_cuts_blocks():
+    generator = torch.Generator().manual_seed(3)
+    n = 512
+    ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+    shuffle = torch.randperm(n, generator=generator)
+    edge_index = shuffle[torch.cat([ring, ring.flip(0)], 1)]
+    structure = GraphStructure.build(edge_index, n, block_size=32, layout="rcm")
+    slot = structure.node_slot
+    lookup = structure.pair_lookup()
+    assert (lookup(slot[edge_index[1]], slot[edge_index[0]]) > 0).all()
+    assert lookup(slot[edge_index[1]], slot[(edge_index[0] + 1) % n]).count_nonzero() < 10
+    plain = GraphStructure.build(edge_index, n, block_size=32)
+    assert blocks_visited(structure) * 4 < blocks_visited(plain)
+
+
+def blocks_visited(structure):
+    mask = structure.block_mask
+    total = mask.kv_num_blocks.sum()
+    if mask.full_kv_num_blocks is not None:
+        total = total + mask.full_kv_num_blocks.sum()
+    return int(total)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layout": "rcm", "mode": "global"}, "layout='rcm' reorders one node set"),
+        ({"layout": "pack"}, "layout='pack' packs graphs"),
+        ({"layout": "metis"}, "layout must be one of"),
+    ],
+)
+def test_bad_layout(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GraphStructure.build(torch.tensor([[0, 1], [1, 2]]), 4, **kwargs)

@@ -158,11 +158,11 @@ class MuPFlexAttention(MessagePassing):
         """Attend over ``structure``; ``inputs`` are passed to the mod hooks.
 
         With ``return_attention_weights=True`` also returns ``(pairs [2, P], alpha [P, H])`` over
-        ``structure.attention_pairs`` (computed on the message-passing path).
+        ``structure.attention_pairs``, as node indices (computed on the message-passing path).
         """
         out, alpha = self.attend(x, structure, bool(return_attention_weights), **inputs)
         if return_attention_weights:
-            return out, (structure.attention_pairs, alpha)
+            return out, (structure.attention_pairs_of_nodes(), alpha)
         return out
 
     def attend(
@@ -183,9 +183,9 @@ class MuPFlexAttention(MessagePassing):
                 f"was built for ({structure.num_src}, {structure.num_dst})"
             )
         heads, channels = self.heads, self.out_channels
-        query = self.lin_query(x_dst).view(-1, heads, channels)
-        key = self.lin_key(x_src).view(-1, heads, channels)
-        value = self.lin_value(x_src).view(-1, heads, channels)
+        query = structure.to_slots(self.lin_query(x_dst).view(-1, heads, channels))
+        key = structure.to_slots(self.lin_key(x_src).view(-1, heads, channels))
+        value = structure.to_slots(self.lin_value(x_src).view(-1, heads, channels))
         score_mod = self.score_mod(structure, **inputs)
         mask_mod = self.mask_mod(structure, **inputs)
 
@@ -200,6 +200,7 @@ class MuPFlexAttention(MessagePassing):
                 )
             out = self._flex(query, key, value, structure, score_mod, mask_mod)
 
+        out = structure.from_slots(out)
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
         if self.lin_skip is not None:
             out = out + self.lin_skip(x_dst)
@@ -235,7 +236,7 @@ class MuPFlexAttention(MessagePassing):
         mask_mod: MaskMod | None,
     ) -> Tensor:
         """FlexAttention over the structure's block mask: ``[N_dst, H, d]``."""
-        if structure.num_dst == 0 or structure.num_src == 0:
+        if structure.seq_dst == 0 or structure.seq_src == 0:
             return query.new_zeros(query.shape)
         if not query.is_cuda and torch.is_grad_enabled() and query.requires_grad:
             raise ValueError(
@@ -283,13 +284,13 @@ class MuPFlexAttention(MessagePassing):
         if mask_mod is not None:
             keep = mask_mod(batch_index, head, q_index, kv_index).expand_as(score)
             score = score.masked_fill(~keep, torch.finfo(score.dtype).min)
-        alpha = softmax(score, dst, num_nodes=structure.num_dst)
+        alpha = softmax(score, dst, num_nodes=structure.seq_dst)
         if keep is not None:
             alpha = alpha * keep
         weights = alpha
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
         out = self.propagate(
-            pairs, value=value, alpha=alpha, size=(structure.num_src, structure.num_dst)
+            pairs, value=value, alpha=alpha, size=(structure.seq_src, structure.seq_dst)
         )
         return out, weights
 

@@ -62,6 +62,8 @@ class FlexGraphConv(MuPFlexAttention):
         num_edge_types: number of edge types of ``edge_type``; enables the type gate.
         max_distance: largest hop distance embedded; enables the distance gate and bias.
         block_size: FlexAttention block size of structures this layer builds.
+        layout: node layout of structures this layer builds (``None``, ``'rcm'`` for large
+            graphs in local mode, ``'pack'`` in global mode); see :mod:`pyg_mup.layout`.
         attn_mult: attention logit multiplier (μP hyperparameter).
 
     Shapes:
@@ -89,6 +91,7 @@ class FlexGraphConv(MuPFlexAttention):
         num_edge_types: int | None = None,
         max_distance: int | None = None,
         block_size: int = 128,
+        layout: str | None = None,
         attn_mult: float = 1.0,
         **kwargs,
     ):
@@ -120,6 +123,7 @@ class FlexGraphConv(MuPFlexAttention):
         self.num_edge_types = num_edge_types
         self.max_distance = max_distance
         self.block_size = block_size
+        self.layout = layout
 
         self.lin_edge = Linear(edge_dim, heads, bias=False) if edge_dim else None
         self.no_edge_bias = Parameter(torch.empty(heads)) if mode == "global" else None
@@ -173,6 +177,7 @@ class FlexGraphConv(MuPFlexAttention):
                 max_distance=self.max_distance,
                 edge_distance=edge_distance,
                 block_size=self.block_size,
+                layout=self.layout,
             )
         else:
             self._check_structure(structure, edge_index, num_src, num_dst, edge_distance)
@@ -183,7 +188,7 @@ class FlexGraphConv(MuPFlexAttention):
         if not return_attention_weights:
             return out
         if self.mode == "global":
-            return out, (structure.attention_pairs, alpha)
+            return out, (structure.attention_pairs_of_nodes(), alpha)
         return out, (
             edge_index,
             alpha[structure.edge_pair] * self._edge_share(structure, edge_attr),
