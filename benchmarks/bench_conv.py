@@ -235,7 +235,9 @@ def build_structure(graph: Graph, mode: str, args) -> tuple[GraphStructure, floa
 
     def build() -> GraphStructure:
         num_nodes, size = graph.x.size(0), args.block_size
-        structure = GraphStructure.build(graph.edge_index, num_nodes, batch, mode, block_size=size)
+        structure = GraphStructure.build(
+            graph.edge_index, num_nodes, batch, mode=mode, block_size=size
+        )
         structure.block_mask  # noqa: B018  (built lazily: part of the cost)
         return structure
 
