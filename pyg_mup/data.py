@@ -301,6 +301,8 @@ def resolve_root(name: str, root: str | Path | None, cache_dir: str | Path | Non
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist; {_download_help(name, root)}")
+    if root.name == folder_name(name) and (root / marker(name)).is_file():
+        root = root.parent  # the dataset folder itself was given; ogb wants the one above
     folder = root / folder_name(name)
     if not folder.exists() and (root / f"{folder_name(name)}_pyg").exists():
         folder = root / f"{folder_name(name)}_pyg"

@@ -91,6 +91,13 @@ def test_read_only_root_is_copied_not_written(tmp_path):
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+@needs_shared
+def test_root_may_name_the_dataset_folder_itself(tmp_path):
+    root = copy_dataset("ogbg-molfreesolv", tmp_path)
+    loaded = load_dataset("ogbg-molfreesolv", root / "ogbg_molfreesolv")
+    assert loaded.path == root / "ogbg_molfreesolv"
+
+
 def test_unknown_name_lists_known_ones():
     with pytest.raises(DatasetError, match=r"unknown dataset 'ogbg-nope'.*ogbg-molhiv.*ogbn-arxiv"):
         load_dataset("ogbg-nope")
