@@ -45,8 +45,10 @@ INT32_PAIRS = 2**31  # a dense N×N look-up inside a kernel is indexed with int3
 DENSE_MASK_PAIRS = 2**32  # create_block_mask materialises N×N masks: ≈ 11 bytes per pair
 GRACE_S = 20  # how far past --max-seconds the last case may run before it is cut
 LOCAL_LAYERS = ["TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-flex-local"]
-LOCAL_LAYERS += ["ours-local", "ours-local+edge"]
+LOCAL_LAYERS += ["ours-local", "ours-local+edge", "ours-local+rcm"]
 GLOBAL_LAYERS = ["dense-MHA", "naive-flex-global", "ours-global", "ours-global+edge"]
+GLOBAL_LAYERS += ["ours-global+pack"]
+LAYOUTS = {"+rcm": "rcm", "+pack": "pack"}  # suffix -> GraphStructure.build(layout=...)
 SMOKE_CASES = ["molhiv-16/*", "molhiv-batches/*", "*/TransformerConv/*", "arxiv-random/ours-*"]
 
 
@@ -229,15 +231,15 @@ class DenseGlobal(nn.Module):
         return self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0][mask]
 
 
-def build_structure(graph: Graph, mode: str, args) -> tuple[GraphStructure, float]:
+def build_structure(
+    graph: Graph, mode: str, args, layout: str | None = None
+) -> tuple[GraphStructure, float]:
     """Ours: ``GraphStructure.build`` + ``.block_mask`` (median ms of 3 after a warm-up)."""
     batch = graph.batch if mode == "global" else None
+    options = dict(mode=mode, block_size=args.block_size, **({"layout": layout} if layout else {}))
 
     def build() -> GraphStructure:
-        num_nodes, size = graph.x.size(0), args.block_size
-        structure = GraphStructure.build(
-            graph.edge_index, num_nodes, batch, mode=mode, block_size=size
-        )
+        structure = GraphStructure.build(graph.edge_index, graph.x.size(0), batch, **options)
         structure.block_mask  # noqa: B018  (built lazily: part of the cost)
         return structure
 
@@ -297,7 +299,8 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
         structure = build_structure(graph, mode, args)[0]  # for the reference only
         info = dict(build_ms=build_ms, blocks=blocks_of(mask))
         return NaiveFlex(conv, mask), Ours(reference, graph, structure, False), info
-    structure, build_ms = build_structure(graph, mode, args)
+    layout = next((name for suffix, name in LAYOUTS.items() if layer.endswith(suffix)), None)
+    structure, build_ms = build_structure(graph, mode, args, layout)
     info = dict(build_ms=build_ms, blocks=blocks_of(structure.block_mask))
     info["lookup"] = structure.lookup.kind
     return Ours(conv, graph, structure, edges), Ours(reference, graph, structure, edges), info
@@ -606,8 +609,9 @@ class Run:
             graph, failure = None, f"workload not built: {type(error).__name__}: {error}"[:500]
         for layer, dtype in cases:
             scope = "global" if layer in GLOBAL_LAYERS else "local"
-            if scope == "global" and graph is not None and graph.batch is None:
-                continue  # one large graph: local attention only
+            one_graph = graph is not None and graph.batch is None
+            if (scope == "global" and one_graph) or (layer.endswith("+rcm") and not one_graph):
+                continue  # global attention and packing for batches, rcm for one large graph
             record = dict(workload=name, layer=layer, dtype=dtype, scope=scope,
                           kind="ours" if layer.startswith("ours") else "peer")  # fmt: skip
             record.update(graph.sizes(scope) if graph is not None else {})

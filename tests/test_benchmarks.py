@@ -18,7 +18,8 @@ SCRIPT = ROOT / "benchmarks" / "bench_conv.py"
 MOLECULES = ROOT / "pyg_mup" / "datasets" / "ogbg_molesol"
 LAYERS = {
     "TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-flex-local", "ours-local",
-    "ours-local+edge", "dense-MHA", "naive-flex-global", "ours-global", "ours-global+edge",
+    "ours-local+edge", "ours-local+rcm", "dense-MHA", "naive-flex-global", "ours-global",
+    "ours-global+edge", "ours-global+pack",
 }  # fmt: skip
 WITHOUT_OGB = (
     "import runpy, sys; sys.modules['ogb'] = None; sys.argv = sys.argv[1:]; "
