@@ -234,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"pyg-mup: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Only before training starts: from then on Ctrl-C saves a checkpoint instead.
+        print("pyg-mup: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     return 128 + summary["signal"] if summary.get("signal") else 0
 
 

@@ -191,7 +191,9 @@ class NodeWorkload:
 
         graph = data.dataset[0]
         edge_attr = graph.edge_attr if "edge_attr" in graph else None
-        edge_index, edge_attr = to_undirected(graph.edge_index, edge_attr, graph.num_nodes)
+        edge_index, edge_attr = to_undirected(
+            graph.edge_index, edge_attr, graph.num_nodes, reduce="mean"
+        )
         self.graph = Data(
             x=graph.x if "x" in graph else None,
             edge_index=edge_index,
@@ -253,16 +255,13 @@ class NodeWorkload:
             local = shard(seeds, self.dist)
             yield local if local.numel() else None
 
-    def _subgraph(self, seeds: Tensor) -> Data:
-        """The sampled neighbourhood of ``seeds``; its first ``len(seeds)`` nodes are them."""
-        return self.sampler(seeds)
-
     def _run(self, model: nn.Module, seeds: Tensor) -> tuple[Tensor, Tensor]:
         if self.mode == "full":
             g = self.graph_on_device
             pred = model(g.x, g.edge_index, g.edge_attr, g.num_nodes)
             return pred[seeds.to(self.device)], g.y[seeds.to(self.device)]
-        sub = self._subgraph(seeds).to(self.device)
+        # The sampled neighbourhood of ``seeds``; its first ``len(seeds)`` nodes are the seeds.
+        sub = self.sampler(seeds).to(self.device)
         pred = model(sub.x, sub.edge_index, sub.edge_attr, sub.num_nodes)
         return pred[: seeds.numel()], sub.y[: seeds.numel()]
 
