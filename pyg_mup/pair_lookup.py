@@ -116,13 +116,17 @@ class HashLookup:
 
 
 def _hash_one(key: Tensor, choice: int, bits: int) -> Tensor:
-    """Multiply-shift hash of int64 keys into ``[0, 2^bits)`` (top bits of the wrapped product)."""
-    return ((key * HashLookup._MULTIPLIERS[choice]) >> (64 - bits)) & ((1 << bits) - 1)
+    """Multiply-shift hash of int64 keys into ``[0, 2^bits)`` (top bits of the wrapped product).
+
+    ``remainder`` rather than a bit mask: under ``torch.compile`` ``bits`` may become a symbolic
+    int, and symbolic shifts of 1 are not traceable.
+    """
+    return torch.remainder((key * HashLookup._MULTIPLIERS[choice]) >> (64 - bits), 2**bits)
 
 
 def _hash(key: Tensor, choice: Tensor, bits: int) -> Tensor:
     multipliers = torch.tensor(HashLookup._MULTIPLIERS, dtype=torch.long, device=key.device)
-    return ((key * multipliers[choice]) >> (64 - bits)) & ((1 << bits) - 1)
+    return torch.remainder((key * multipliers[choice]) >> (64 - bits), 2**bits)
 
 
 def build_pair_lookup(

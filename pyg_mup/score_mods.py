@@ -19,48 +19,20 @@ MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 IndexFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def pair_bias(pair_of: IndexFn, table: Tensor) -> ScoreMod:
-    """Add ``table[pair_of(q, kv), h]``: a per-head bias of each node pair.
-
-    ``table``: ``[P + 1, H]``; row 0 serves pairs without an edge (global mode's no-edge bias).
-    """
+def pair_bias(row_of: IndexFn, table: Tensor) -> ScoreMod:
+    """Add ``table[row_of(q, kv), h]``: a per-head bias of each node pair; ``table``: ``[R, H]``."""
 
     def add_pair_bias(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        return score + table[pair_of(q, kv), h]
+        return score + table[row_of(q, kv), h]
 
     return add_pair_bias
 
 
-def distance_bias(distance_of: IndexFn, table: Tensor) -> ScoreMod:
-    """Add ``table[distance_of(q, kv), h]`` (Graphormer's spatial encoding), ``table`` [D, H]."""
-
-    def add_distance_bias(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        return score + table[distance_of(q, kv), h]
-
-    return add_distance_bias
-
-
-def sigmoid_gate(
-    pair_of: IndexFn | None = None,
-    pair_logits: Tensor | None = None,
-    distance_of: IndexFn | None = None,
-    distance_logits: Tensor | None = None,
-) -> ScoreMod:
-    """Multiply the score by ``sigmoid(pair_logits[pair] + distance_logits[distance])``.
-
-    ``pair_logits``: ``[P + 1, H]`` (e.g. an edge-type embedding, row 0 = no edge);
-    ``distance_logits``: ``[D, H]``. Either part may be left out.
-    """
-    if pair_logits is None and distance_logits is None:
-        raise ValueError("sigmoid_gate needs pair_logits, distance_logits or both")
+def sigmoid_gate(row_of: IndexFn, logits: Tensor) -> ScoreMod:
+    """Multiply the score by ``sigmoid(logits[row_of(q, kv), h])``; ``logits``: ``[R, H]``."""
 
     def gate(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        logit = 0.0
-        if pair_logits is not None:
-            logit = logit + pair_logits[pair_of(q, kv), h]
-        if distance_logits is not None:
-            logit = logit + distance_logits[distance_of(q, kv), h]
-        return score * torch.sigmoid(logit)
+        return score * torch.sigmoid(logits[row_of(q, kv), h])
 
     return gate
 

@@ -30,6 +30,7 @@ from pyg_mup.layout import LAYOUTS, packed_graph_starts, rcm_slots
 from pyg_mup.pair_lookup import HashLookup, TileLookup, build_pair_lookup
 
 MODES = ("local", "global")
+SINK_ROWS = 4096
 
 
 @dataclass(eq=False)
@@ -51,8 +52,10 @@ class GraphStructure:
     * ``lookup``: tiles or hash answering ``(q, kv) -> pair id + 1`` (:mod:`pyg_mup.pair_lookup`).
     * ``node_graph``: ``[QB * B]`` graph of each slot, -1 for padding (global mode);
       ``graph_start``/``graph_size``: ``[G]`` first slot and node count of each graph.
-    * ``distance_table`` / ``distance_row``: flat Σ n_g² hop distances and per-query row offsets
-      (global mode with ``max_distance``); ``pair_distance``: ``[P + 1]`` (local mode).
+    * ``flat_row``: ``[QB * B]`` (global mode): within-graph pair ``(q, kv)`` is entry
+      ``flat_row[q] + kv`` of flat per-pair tables of Σ n_g² rows (``flat_size``);
+      ``flat_distance``: ``[Σ n_g²]`` hop distances in that order (with ``max_distance``).
+    * ``pair_distance``: ``[P + 1]`` distance of each edge pair (local mode, ``max_distance``).
     """
 
     mode: str
@@ -72,8 +75,9 @@ class GraphStructure:
     graph_start: Tensor | None = None
     graph_size: Tensor | None = None
     max_distance: int | None = None
-    distance_table: Tensor | None = None
-    distance_row: Tensor | None = None
+    flat_row: Tensor | None = None
+    flat_size: int = 0
+    flat_distance: Tensor | None = None
     pair_distance: Tensor | None = None
     _pair_blocks: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
     _block_mask: BlockMask | None = field(default=None, repr=False)
@@ -202,6 +206,7 @@ class GraphStructure:
             structure.node_of_slot[node_slot] = torch.arange(num_dst, device=device)
         if mode == "global":
             structure._set_node_graph(batch)
+            structure._set_flat_rows()
         if max_distance is not None:
             pair_dist = _edge_pair_distance(
                 pair_index, edge_pair, edge_distance, max_distance, device
@@ -231,13 +236,70 @@ class GraphStructure:
                 return pair_distance[pair_lookup(q, kv)]
 
             return local_distance
-        table, row = self.distance_table, self.distance_row
-        last = table.numel() - 1
+        flat_index, flat_distance = self.pair_value_index(), self.flat_distance
 
         def global_distance(q: Tensor, kv: Tensor) -> Tensor:
-            return table[(row[q] + kv).clamp(0, last)]
+            return flat_distance[flat_index(q, kv)]
 
         return global_distance
+
+    def pair_value_index(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """Return ``(q, kv) -> row`` of the per-pair tables made by :meth:`pair_values`.
+
+        Why per-pair tables: a mod that reads a *learned* tensor makes FlexAttention's backward
+        atomically add each score's gradient into the row it read. Rows shared by many scores
+        (a no-edge bias, a distance embedding, or one "no pair" row for every masked entry)
+        serialise those atomics and were measured 30–100× slower on an H200. Per-pair rows, and
+        masked entries spread over ``SINK_ROWS`` zero rows, keep every address nearly private.
+        """
+        if self.mode == "global":
+            flat_row, flat_size = self.flat_row, self.flat_size
+
+            def flat_index(q: Tensor, kv: Tensor) -> Tensor:
+                return torch.remainder(flat_row[q] + kv, flat_size)
+
+            return flat_index
+        pair_lookup, sink = self.pair_lookup(), self.num_pairs + 1
+
+        def pair_row(q: Tensor, kv: Tensor) -> Tensor:
+            pair = pair_lookup(q, kv)
+            return torch.where(pair > 0, pair, sink + (q * 131 + kv) % SINK_ROWS)
+
+        return pair_row
+
+    def pair_values(
+        self,
+        edge_values: Tensor | None = None,
+        no_edge: Tensor | None = None,
+        distance_values: Tensor | None = None,
+    ) -> Tensor:
+        """Materialise ``[R, H]`` per-pair values read through :meth:`pair_value_index`.
+
+        A pair's value is ``edge_values[p]`` if it is edge pair ``p`` (``[P, H]``), else
+        ``no_edge`` (``[H]``, global mode), plus ``distance_values[distance]`` (``[D, H]``).
+        Missing parts count as zero. Differentiable in all three inputs.
+        """
+        parts = [t for t in (edge_values, no_edge, distance_values) if t is not None]
+        if not parts:
+            raise ValueError("pair_values needs at least one of its inputs")
+        heads, reference = parts[0].shape[-1], parts[0]
+        if self.mode == "global":
+            values = reference.new_zeros(self.flat_size, heads)
+            if no_edge is not None:
+                values = values + no_edge
+            if edge_values is not None:
+                src, dst = self.pair_index
+                values = values.index_put((self.flat_row[dst] + src,), edge_values)
+            if distance_values is not None:
+                values = values + distance_values[self.flat_distance]
+            return values
+        values = reference.new_zeros(self.num_pairs, heads)
+        if edge_values is not None:
+            values = values + edge_values
+        if distance_values is not None:
+            values = values + distance_values[self.pair_distance[1:]]
+        padding = reference.new_zeros(1 + SINK_ROWS, heads)
+        return torch.cat([padding[:1], values, padding[1:]])
 
     def mask_mod(self) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """FlexAttention ``mask_mod``: an edge ``kv → q`` (local) or the same graph (global)."""
@@ -322,32 +384,38 @@ class GraphStructure:
         slots = self.node_slot if self.node_slot is not None else slice(0, self.num_dst)
         self.node_graph[slots] = batch
 
+    def _set_flat_rows(self) -> None:
+        """Row offsets of the flat Σ n_g² per-pair tables: ``flat_row[q] + kv`` for ``q``,
+        ``kv`` in one graph (rows are queries; padding slots get row 0)."""
+        starts, sizes, seq = self.graph_start, self.graph_size, self.seq_dst
+        offsets = sizes * sizes
+        offsets = offsets.cumsum(0) - offsets
+        graph = self.node_graph[:seq]
+        slots = torch.arange(seq, device=sizes.device)
+        safe = graph.clamp(min=0)
+        row = offsets[safe] + (slots - starts[safe]) * sizes[safe] - starts[safe]
+        self.flat_row = torch.zeros_like(self.node_graph)
+        self.flat_row[:seq] = torch.where(graph >= 0, row, 0)
+        self.flat_size = max(int((sizes * sizes).sum()), 1)
+
     def _set_distance_table(self, pair_dist: Tensor) -> None:
         """Tabulate hop distances j → i inside each graph by a batched BFS along edge directions.
 
-        ``distance_table[distance_row[i] + j]`` is the distance from ``j`` to ``i``; rows are
-        queries. Work and memory are Σ n_g² (plus the BFS frontier), never N².
+        ``flat_distance[flat_row[i] + j]`` is the distance from ``j`` to ``i``. Work and memory
+        are Σ n_g² (plus the BFS frontier), never N².
         """
-        starts, sizes, seq = self.graph_start, self.graph_size, self.seq_dst
-        device = sizes.device
-        unreachable = self.max_distance + 1
-        offsets = torch.cat([sizes.new_zeros(1), (sizes * sizes).cumsum(0)])
-        graph = self.node_graph[:seq]
-        real = graph >= 0
-        slots = torch.arange(seq, device=device)
-        safe = graph.clamp(min=0)
-        row = torch.where(
-            real, offsets[safe] + (slots - starts[safe]) * sizes[safe] - starts[safe], 0
+        seq, row = self.seq_dst, self.flat_row
+        device = row.device
+        table = torch.full(
+            (self.flat_size,), self.max_distance + 1, dtype=torch.long, device=device
         )
-        table = torch.full((int(offsets[-1]),), unreachable, dtype=torch.long, device=device)
-
         src, dst = self.pair_index
         order = torch.argsort(src, stable=True)
         out_dst = dst[order]
         out_ptr = torch.cat([src.new_zeros(1), torch.bincount(src, minlength=seq).cumsum(0)])
         out_deg = out_ptr[1:] - out_ptr[:-1]
 
-        origin = reached = slots[real]
+        origin = reached = torch.arange(seq, device=device)[self.node_graph[:seq] >= 0]
         table[row[reached] + origin] = 0
         for hops in range(1, self.max_distance + 1):
             degree = out_deg[reached]
@@ -368,9 +436,7 @@ class GraphStructure:
             table[index] = hops
         edge_index = row[dst] + src
         table[edge_index] = torch.minimum(table[edge_index], pair_dist)
-        self.distance_row = torch.zeros(self.node_graph.numel(), dtype=torch.long, device=device)
-        self.distance_row[:seq] = row
-        self.distance_table = table if table.numel() > 0 else table.new_zeros(1)
+        self.flat_distance = table
 
     def block_mask_with(
         self, mask_mod: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]

@@ -9,7 +9,7 @@ from torch_geometric.nn import Linear
 from torch_geometric.utils import is_sparse, scatter, to_edge_index
 
 from pyg_mup.checks import check_edge_tensor
-from pyg_mup.score_mods import ScoreMod, compose, distance_bias, pair_bias, sigmoid_gate
+from pyg_mup.score_mods import ScoreMod, compose, pair_bias, sigmoid_gate
 from pyg_mup.structure import MODES, GraphStructure
 
 from .attention import MuPFlexAttention
@@ -249,54 +249,62 @@ class FlexGraphConv(MuPFlexAttention):
         elif edge_type is not None:
             raise ValueError("edge_type was given but the layer has num_edge_types=None")
 
-        pair_of = structure.pair_lookup()
-        distance_of = structure.distance_lookup() if self.max_distance else None
+        row_of = structure.pair_value_index()
         gate = None
         if self.gate_type is not None or self.gate_distance is not None:
-            gate = sigmoid_gate(
-                pair_of,
-                self._pair_type_logits(structure, edge_type)
-                if self.gate_type is not None
-                else None,
-                distance_of,
-                self.gate_distance.weight if self.gate_distance is not None else None,
+            type_logits = (
+                self._pair_type_logits(structure, edge_type) if self.gate_type is not None else None
             )
-        bias_table = self._pair_bias_table(structure, edge_attr)
-        return compose(
-            gate,
-            pair_bias(pair_of, bias_table) if bias_table is not None else None,
-            distance_bias(distance_of, self.distance_bias.weight) if distance_of else None,
-        )
+            distance_logits = self.gate_distance.weight if self.gate_distance is not None else None
+            gate_logits = structure.pair_values(
+                type_logits, self._no_edge_type_logit(), distance_logits
+            )
+            gate = sigmoid_gate(row_of, gate_logits)
+        edge_bias = self._pair_edge_bias(structure, edge_attr)
+        distance_bias = self.distance_bias.weight if self.distance_bias is not None else None
+        bias = None
+        if edge_bias is not None or distance_bias is not None:
+            bias = pair_bias(row_of, structure.pair_values(edge_bias, None, distance_bias))
+        return compose(gate, bias)
 
     def _edge_bias(self, edge_attr: Tensor | None) -> Tensor | None:
         """``[E, H]`` per-edge bias ``w_h^T a_e``, or None without ``edge_dim``."""
         if self.lin_edge is None:
             return None
-        return self.lin_edge(edge_attr.view(edge_attr.size(0), -1))
+        return self.lin_edge(edge_attr.reshape(-1, self.edge_dim))
 
-    def _pair_bias_table(
-        self, structure: GraphStructure, edge_attr: Tensor | None
-    ) -> Tensor | None:
-        """``[P + 1, H]``: row 0 the no-edge bias, row p + 1 the log-sum-exp of pair p's edges."""
+    def _pair_edge_bias(self, structure: GraphStructure, edge_attr: Tensor | None) -> Tensor | None:
+        """``[P, H]`` edge bias of each edge pair: the log-sum-exp over its parallel edges.
+
+        In global mode every pair without an edge gets ``no_edge_bias``. A softmax ignores a
+        shift shared by a whole row, and each query's row is its whole graph, so that equals
+        giving edge pairs ``lse - no_edge_bias`` and the others 0 — which keeps ``no_edge_bias``
+        out of the rows that every non-edge entry would otherwise read (see
+        :meth:`GraphStructure.pair_value_index` for why shared rows are slow).
+        """
         edge_bias = self._edge_bias(edge_attr)
-        heads = self.heads
         if edge_bias is None:
             if not structure.has_parallel_edges and self.no_edge_bias is None:
                 return None
             pair = structure.pair_multiplicity.to(self.lin_query.weight.dtype).log()
-            pair = pair.unsqueeze(1).expand(-1, heads)
+            pair = pair.unsqueeze(1).expand(-1, self.heads)
         else:
             pair = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
-        no_edge = self.no_edge_bias if self.no_edge_bias is not None else pair.new_zeros(heads)
-        return torch.cat([no_edge.to(pair.dtype).unsqueeze(0), pair])
+        if self.no_edge_bias is not None:
+            pair = pair - self.no_edge_bias.to(pair.dtype)
+        return pair
 
     def _pair_type_logits(self, structure: GraphStructure, edge_type: Tensor) -> Tensor:
-        """``[P + 1, H]`` type gate logits: row 0 the no-edge type, then the mean over each pair's
-        parallel edges (so the gate is a property of the node pair, as the flex path needs)."""
+        """``[P, H]`` type gate logits: the mean over each pair's parallel edges (so the gate is a
+        property of the node pair, as the flex path needs)."""
         per_edge = self.gate_type(edge_type.long())
-        per_pair = scatter(per_edge, structure.edge_pair, 0, structure.num_pairs, reduce="mean")
-        no_edge = self.gate_type.weight[self.num_edge_types]
-        return torch.cat([no_edge.unsqueeze(0), per_pair])
+        return scatter(per_edge, structure.edge_pair, 0, structure.num_pairs, reduce="mean")
+
+    def _no_edge_type_logit(self) -> Tensor | None:
+        """``[H]`` gate logit of pairs without an edge (global mode), or None."""
+        if self.gate_type is None or self.mode != "global":
+            return None
+        return self.gate_type.weight[self.num_edge_types]
 
     def _edge_share(self, structure: GraphStructure, edge_attr: Tensor | None) -> Tensor:
         """``[E, H]`` (or ``[E, 1]``) share of each edge in its pair's attention weight."""

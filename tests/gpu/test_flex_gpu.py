@@ -80,7 +80,7 @@ def test_compiled_flex_matches_message_passing(dtype, mode, edges):
     out_ref.backward(grad)
     out_flex.backward(grad.to(out_flex.dtype))
 
-    # Per-parameter errors are floored at 1% of the whole gradient's norm: some gradients are
+    # Per-parameter errors are floored at 2% of the whole gradient's norm: some gradients are
     # (nearly) zero because a softmax ignores shifts shared by a query's scores (a key bias, or a
     # distance bias when almost every pair has distance 1), and bf16 noise on them is meaningless.
     names = [name for name, _ in reference.named_parameters()]
@@ -89,7 +89,7 @@ def test_compiled_flex_matches_message_passing(dtype, mode, edges):
     flex_grads = [x_flex.grad] + [flex_params[name].grad for name in names]
     ref_all = torch.cat([g.float().flatten() for g in ref_grads])
     flex_all = torch.cat([g.float().flatten() for g in flex_grads])
-    floor = 0.01 * float(ref_all.norm())
+    floor = 0.02 * float(ref_all.norm())
     errors = {
         "out": relative_error(out_flex, out_ref),
         "x.grad": relative_error(x_flex.grad, x_ref.grad),
