@@ -60,7 +60,8 @@ class TileLookup:
 class HashLookup:
     """Cuckoo hash of pair keys ``dst * num_src + src``.
 
-    ``slots``: ``[2^bits]`` int32 holding ``pair id + 1`` (0 = empty); ``keys``: ``[P + 1]`` int64
+    ``slots``: ``[2^bits]`` int64 holding ``pair id + 1`` (0 = empty; int64 because Inductor
+    indexes only with int64 and a slot indexes ``keys``); ``keys``: ``[P + 1]`` int64
     pair keys with a -1 sentinel at 0. Each key sits in one of its three candidate slots
     ``h_c(key)``, so a look-up reads the three slots and checks which one holds this key.
     """
@@ -90,7 +91,7 @@ class HashLookup:
         choice = torch.zeros(pair_key.numel() + 1, dtype=torch.long, device=device)
         for _ in range(self._MAX_ROUNDS):
             if homeless.numel() == 0:
-                return slots.to(torch.int32)
+                return slots
             target = _hash(self.keys[homeless], choice[homeless], bits)
             occupant = slots[target]
             slots[target] = homeless

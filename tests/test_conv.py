@@ -447,3 +447,19 @@ def test_layout_is_invisible_to_the_caller(mode, layout, backend):
     order, plain_order = (torch.argsort(i[1] * x.size(0) + i[0]) for i in (index, plain_index))
     assert torch.equal(index[:, order], plain_index[:, plain_order])
     assert torch.allclose(alpha[order], plain_alpha[plain_order], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_hash_lookup_gives_the_same_layer_output(mode):
+    generator = torch.Generator().manual_seed(14)
+    x, edge_index, batch = random_batch([6, 13, 4], 18, generator)
+    inputs = _edge_inputs(edge_index, generator)
+    message_passing, flex = _twins(14, in_channels=8, out_channels=4, heads=2, mode=mode, **GATED)
+    build = {"mode": mode, "max_distance": 3, "block_size": 8}
+    tiles = GraphStructure.build(edge_index, x.size(0), batch, lookup="tiles", **build)
+    hashed = GraphStructure.build(edge_index, x.size(0), batch, lookup="hash", **build)
+    with torch.no_grad():
+        expected = message_passing(x, edge_index, batch=batch, structure=tiles, **inputs)
+        for layer in (message_passing, flex):
+            out = layer(x, edge_index, batch=batch, structure=hashed, **inputs)
+            assert torch.allclose(out, expected, atol=1e-5)
