@@ -105,7 +105,7 @@ class HashLookup:
         slots, keys, num_src, bits = self.slots, self.keys, self.num_src, self.bits
 
         def lookup(q: Tensor, kv: Tensor) -> Tensor:
-            key = q * num_src + kv
+            key = q.long() * num_src + kv  # FlexAttention indices are int32: widen first
             found = None
             for choice in range(len(HashLookup._MULTIPLIERS)):
                 candidate = slots[_hash_one(key, choice, bits)]
