@@ -92,7 +92,8 @@ class HashLookup:
         for _ in range(self._MAX_ROUNDS):
             if homeless.numel() == 0:
                 return slots
-            target = _hash(self.keys[homeless], choice[homeless], bits)
+            multipliers = torch.tensor(self._MULTIPLIERS, device=device)[choice[homeless]]
+            target = _multiply_shift(self.keys[homeless], multipliers, 64 - bits, 1 << bits)
             occupant = slots[target]
             slots[target] = homeless
             won = slots[target] == homeless
@@ -102,13 +103,14 @@ class HashLookup:
         return None
 
     def fn(self) -> PairLookupFn:
-        slots, keys, num_src, bits = self.slots, self.keys, self.num_src, self.bits
+        slots, keys, num_src = self.slots, self.keys, self.num_src
+        shift, size = 64 - self.bits, 1 << self.bits
 
         def lookup(q: Tensor, kv: Tensor) -> Tensor:
             key = q.long() * num_src + kv  # FlexAttention indices are int32: widen first
             found = None
-            for choice in range(len(HashLookup._MULTIPLIERS)):
-                candidate = slots[_hash_one(key, choice, bits)]
+            for multiplier in HashLookup._MULTIPLIERS:
+                candidate = slots[_multiply_shift(key, multiplier, shift, size)]
                 hit = torch.where(keys[candidate] == key, candidate, 0)
                 found = hit if found is None else torch.maximum(found, hit)
             return found
@@ -116,18 +118,14 @@ class HashLookup:
         return lookup
 
 
-def _hash_one(key: Tensor, choice: int, bits: int) -> Tensor:
-    """Multiply-shift hash of int64 keys into ``[0, 2^bits)`` (top bits of the wrapped product).
+def _multiply_shift(key: Tensor, multiplier: int | Tensor, shift: int, size: int) -> Tensor:
+    """Hash int64 keys into ``[0, size)``: the top bits of the wrapped product ``key * m``.
 
-    ``remainder`` rather than a bit mask: under ``torch.compile`` ``bits`` may become a symbolic
-    int, and symbolic shifts of 1 are not traceable.
+    ``shift`` and ``size`` (``64 - bits`` and ``1 << bits``) are plain ints computed outside any
+    traced code and applied with ``remainder`` rather than a mask: under ``torch.compile`` a
+    captured int may turn symbolic, and a symbolic ``2 ** bits`` became a float index.
     """
-    return torch.remainder((key * HashLookup._MULTIPLIERS[choice]) >> (64 - bits), 2**bits)
-
-
-def _hash(key: Tensor, choice: Tensor, bits: int) -> Tensor:
-    multipliers = torch.tensor(HashLookup._MULTIPLIERS, dtype=torch.long, device=key.device)
-    return torch.remainder((key * multipliers[choice]) >> (64 - bits), 2**bits)
+    return torch.remainder((key * multiplier) >> shift, size)
 
 
 def build_pair_lookup(
