@@ -39,12 +39,12 @@ class GraphStructure:
 
     Build it with :meth:`build`; the fields are read by the attention modules.
 
-    Shapes (``E`` edges, ``P`` unique (dst, src) pairs, ``B`` block size, ``QB``/``KB`` query/key
-    block counts, ``T`` tiles):
-
     Attention runs over a sequence of *slots*: node ``n`` sits at slot ``node_slot[n]`` when a
     ``layout`` reorders or packs nodes (:mod:`pyg_mup.layout`), else at slot ``n``. Every index
     below, and every index a mod receives, is a slot; ``node_of_slot`` maps back (-1 = padding).
+
+    Shapes (``E`` edges, ``P`` unique (dst, src) pairs, ``B`` block size, ``QB``/``KB`` query/key
+    block counts):
 
     * ``edge_index``: ``[2, E]`` the edges it was built from (used to detect a stale structure).
     * ``pair_index``: ``[2, P]`` unique (src, dst) slot pairs sorted by (dst, src).
@@ -150,12 +150,10 @@ class GraphStructure:
         if layout == "rcm":
             node_slot = rcm_slots(edge_index, num_dst)
         elif layout == "pack":
+            position_in_graph = torch.arange(num_dst, device=device) - graph_start[batch]
             graph_start, seq_dst = packed_graph_starts(graph_size, block_size)
             seq_src = seq_dst
-            position = (
-                torch.arange(num_dst, device=device) - (graph_size.cumsum(0) - graph_size)[batch]
-            )
-            node_slot = graph_start[batch] + position
+            node_slot = graph_start[batch] + position_in_graph
 
         src, dst = edge_index[0].long(), edge_index[1].long()
         if node_slot is not None:
@@ -249,8 +247,9 @@ class GraphStructure:
         Why per-pair tables: a mod that reads a *learned* tensor makes FlexAttention's backward
         atomically add each score's gradient into the row it read. Rows shared by many scores
         (a no-edge bias, a distance embedding, or one "no pair" row for every masked entry)
-        serialise those atomics and were measured 30–100× slower on an H200. Per-pair rows, and
-        masked entries spread over ``SINK_ROWS`` zero rows, keep every address nearly private.
+        serialise those atomics: 19–39× slower forward+backward on an H200 (see
+        benchmarks/README.md). Per-pair rows, and masked entries spread over ``SINK_ROWS`` zero
+        rows, keep every address nearly private.
         """
         if self.mode == "global":
             flat_row, flat_size = self.flat_row, self.flat_size
@@ -361,7 +360,7 @@ class GraphStructure:
             torch.equal(edge_index, self.edge_index)
         )
 
-    # ----------------------------------------------------------------------------- builders
+    # ------------------------------------------------------------------------------ layout
     def to_slots(self, value: Tensor) -> Tensor:
         """Arrange per-node rows ``[N, ...]`` in slot order ``[S, ...]`` (zeros at padding).
 
@@ -378,6 +377,7 @@ class GraphStructure:
         """Inverse of :meth:`to_slots`: rows ``[S, ...]`` back in node order ``[N, ...]``."""
         return value if self.node_slot is None else value[self.node_slot]
 
+    # ----------------------------------------------------------------------------- builders
     def _set_node_graph(self, batch: Tensor) -> None:
         padded = _num_blocks(self.seq_dst, self.block_size) * self.block_size
         self.node_graph = torch.full((padded,), -1, dtype=torch.long, device=batch.device)
