@@ -228,7 +228,34 @@ class FlexGraphConv(MuPFlexAttention):
         edge_attr: Tensor | None = None,
         edge_type: Tensor | None = None,
     ) -> ScoreMod | None:
-        """Gate, pair bias and distance bias of this batch, composed in that order."""
+        """The gate (times the score), then the edge and distance biases of this batch.
+
+        Every learned value is materialised per attended pair (:meth:`GraphStructure.pair_values`)
+        so that FlexAttention's backward never funnels many scores into one row.
+        """
+        self._check_edge_inputs(structure, edge_attr, edge_type)
+        row_of = structure.pair_value_index()
+        gate = None
+        if self.gate_type is not None or self.gate_distance is not None:
+            type_logits = (
+                self._pair_type_logits(structure, edge_type) if self.gate_type is not None else None
+            )
+            distance_logits = self.gate_distance.weight if self.gate_distance is not None else None
+            gate_logits = structure.pair_values(
+                type_logits, self._no_edge_type_logit(), distance_logits
+            )
+            gate = sigmoid_gate(row_of, gate_logits)
+        edge_bias = self._pair_edge_bias(structure, edge_attr)
+        distance_bias = self.distance_bias.weight if self.distance_bias is not None else None
+        bias = None
+        if edge_bias is not None or distance_bias is not None:
+            bias = pair_bias(row_of, structure.pair_values(edge_bias, None, distance_bias))
+        return compose(gate, bias)
+
+    def _check_edge_inputs(
+        self, structure: GraphStructure, edge_attr: Tensor | None, edge_type: Tensor | None
+    ) -> None:
+        """``edge_attr``/``edge_type`` must be given exactly when the layer uses them."""
         num_edges = structure.edge_pair.numel()
         if self.edge_dim is not None:
             if edge_attr is None:
@@ -248,24 +275,6 @@ class FlexGraphConv(MuPFlexAttention):
                 )
         elif edge_type is not None:
             raise ValueError("edge_type was given but the layer has num_edge_types=None")
-
-        row_of = structure.pair_value_index()
-        gate = None
-        if self.gate_type is not None or self.gate_distance is not None:
-            type_logits = (
-                self._pair_type_logits(structure, edge_type) if self.gate_type is not None else None
-            )
-            distance_logits = self.gate_distance.weight if self.gate_distance is not None else None
-            gate_logits = structure.pair_values(
-                type_logits, self._no_edge_type_logit(), distance_logits
-            )
-            gate = sigmoid_gate(row_of, gate_logits)
-        edge_bias = self._pair_edge_bias(structure, edge_attr)
-        distance_bias = self.distance_bias.weight if self.distance_bias is not None else None
-        bias = None
-        if edge_bias is not None or distance_bias is not None:
-            bias = pair_bias(row_of, structure.pair_values(edge_bias, None, distance_bias))
-        return compose(gate, bias)
 
     def _edge_bias(self, edge_attr: Tensor | None) -> Tensor | None:
         """``[E, H]`` per-edge bias ``w_h^T a_e``, or None without ``edge_dim``."""
