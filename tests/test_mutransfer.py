@@ -1,0 +1,56 @@
+"""``benchmarks/mutransfer.py --smoke`` runs on CPU and writes a complete sweep, so it never rots.
+
+The smoke grid trains the embedded ``ogbg-molesol`` through ``pyg-mup train`` at 2 widths x 3
+learning rates, SP and μP; at the base width the two parametrizations are the same model.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "mutransfer.py"
+
+
+def test_smoke_sweep_writes_json_and_png(tmp_path):
+    env = {**os.environ, "PYG_MUP_CACHE": str(tmp_path / "cache")}
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path / "results")],
+        cwd=tmp_path,  # the script must not depend on the working directory
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 60, f"smoke sweep took {elapsed:.0f}s"
+
+    out = json.loads((tmp_path / "results" / "mutransfer_smoke.json").read_text())
+    assert (tmp_path / "results" / "mutransfer_smoke.png").stat().st_size > 10_000
+    runs = out["runs"]
+    assert len(runs) == 2 * 2 * 3
+    assert {(r["param"], r["width"]) for r in runs} == {
+        (p, w) for p in ("sp", "mup") for w in (16, 32)
+    }
+    for run in runs:
+        assert run["status"] in ("ok", "diverged")
+        if run["status"] == "ok":
+            assert math.isfinite(run["train_loss"]) and math.isfinite(run["valid"])
+            assert len(run["epoch_train_losses"]) == out["config"]["epochs"]
+    assert out["config"]["metric"] == "rmse"
+    assert out["config"]["steps"] == out["config"]["epochs"] * out["config"]["last_k_steps"]
+    for param in ("sp", "mup"):
+        for width in ("16", "32"):
+            entry = out["summary"][param][width]
+            assert set(entry["curve"]) == {"-10.0", "-7.0", "-4.0"}
+            assert entry["best_log2_lr"] in (-10.0, -7.0, -4.0)
+    # μP's base width is the smallest one: there SP and μP train the same model.
+    sp = [r["train_loss"] for r in runs if r["param"] == "sp" and r["width"] == 16]
+    mup = [r["train_loss"] for r in runs if r["param"] == "mup" and r["width"] == 16]
+    assert sp == mup
