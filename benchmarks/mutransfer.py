@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from pyg_mup.data import task_of
+from pyg_mup.data import load_dataset, task_of
 from pyg_mup.train import TrainConfig, read_metrics, train
 
 PARAMETRIZATIONS = {"sp": False, "mup": True}
@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for log2_lr in args.log2_lrs
         for seed in args.seeds
     ]
+    # Load (and, on first use, copy and process) the dataset once here: workers then only read
+    # the cache, instead of racing to write it, and a wrong --root fails before any run starts.
+    load_dataset(args.dataset, args.root, args.cache_dir)
     started = time.perf_counter()
     records = []
     context = multiprocessing.get_context("spawn")
