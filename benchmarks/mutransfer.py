@@ -17,6 +17,7 @@ Usage::
     python benchmarks/mutransfer.py --dataset ogbg-molhiv --root ../shared/data --tag cpu \\
         --widths 32 64 128 256 --log2-lrs -12 -10 -8 -6 -4 --seeds 0 --workers 2
     python benchmarks/mutransfer.py --smoke   # embedded ogbg-molesol, seconds on CPU
+    python benchmarks/mutransfer.py --combine a.json b.json --tag cpu   # pieces of one grid
 
 Writes ``<out>/mutransfer_<tag>.json`` and ``<out>/mutransfer_<tag>.png``.
 """
@@ -42,6 +43,11 @@ from pyg_mup.train import TrainConfig, read_metrics, train
 
 PARAMETRIZATIONS = {"sp": False, "mup": True}
 LABELS = {"sp": "SP", "mup": "μP"}
+SHARED_SETTINGS = (
+    "dataset", "layers", "heads", "batch_size", "train_graphs", "epochs", "warmup_steps",
+    "weight_decay", "clip_grad", "base_width",
+)  # fmt: skip
+"""Settings every piece of a combined sweep must share."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                     [best], [entry["best_train_loss"]], "o", mfc="none", ms=10, color=colours(i)
                 )
         axes[0][col].set_title(f"{LABELS[param]}", fontsize=11)
+        axes[0][col].set_yscale("log")  # the optima sit on a plateau far below the worst lrs
         axes[1][col].set_xlabel("log2 learning rate")
     axes[0][0].set_ylabel(f"training loss (mean of last {meta['last_k_steps']} steps)")
     axes[1][0].set_ylabel(f"validation {meta['metric']}")
@@ -221,6 +228,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        help="merge these sweep JSONs (pieces of one grid) into mutransfer_<tag>; trains nothing",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="embedded ogbg-molesol, 2 widths x 3 lrs, few steps"
     )
     args = parser.parse_args(argv)
@@ -232,8 +245,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def combine(paths: list[Path], out: Path, tag: str) -> dict[str, Any]:
+    """Merge sweeps run in pieces (other seeds, widths or lrs of the same grid) into one result.
+
+    Raises ``ValueError`` if the pieces differ in a setting that changes what a run means.
+    """
+    parts = [json.loads(path.read_text()) for path in paths]
+    config = dict(parts[0]["config"])
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        differ = [k for k in SHARED_SETTINGS if part["config"][k] != config[k]]
+        if differ:
+            raise ValueError(f"{path} differs from {paths[0]} in {', '.join(differ)}")
+    runs = [run for part in parts for run in part["runs"]]
+    runs.sort(key=lambda r: (r["param"], r["width"], r["log2_lr"], r["seed"]))
+    for key in ("widths", "log2_lrs", "seeds"):
+        config[key] = sorted({v for part in parts for v in part["config"][key]})
+    config.update(
+        tag=tag,
+        runs_done=len(runs),
+        wall_seconds=round(sum(part["config"]["wall_seconds"] for part in parts), 1),
+        combined_from=[path.name for path in paths],
+    )
+    result = {"config": config, "summary": summarize(runs), "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"mutransfer_{tag}.json"
+    path.write_text(json.dumps(result, indent=1))
+    plot(result, path.with_suffix(".png"))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out, args.tag)
     runs = [
         Run(param, width, log2_lr, seed)
         for width in sorted(args.widths)  # narrow first: a sweep stopped early keeps the base

@@ -4,6 +4,7 @@ The smoke grid trains the embedded ``ogbg-molesol`` through ``pyg-mup train`` at
 learning rates, SP and μP; at the base width the two parametrizations are the same model.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -14,6 +15,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "mutransfer.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("mutransfer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_smoke_sweep_writes_json_and_png(tmp_path):
@@ -54,3 +62,18 @@ def test_smoke_sweep_writes_json_and_png(tmp_path):
     sp = [r["train_loss"] for r in runs if r["param"] == "sp" and r["width"] == 16]
     mup = [r["train_loss"] for r in runs if r["param"] == "mup" and r["width"] == 16]
     assert sp == mup
+
+    # A sweep run in pieces (here: one width per piece) combines into the same result.
+    mutransfer = _load_script()
+    pieces = []
+    for width in (16, 32):
+        piece = {
+            "config": {**out["config"], "widths": [width]},
+            "runs": [r for r in runs if r["width"] == width],
+        }
+        pieces.append(tmp_path / f"piece{width}.json")
+        pieces[-1].write_text(json.dumps(piece))
+    combined = mutransfer.combine(pieces, tmp_path / "combined", "both")
+    assert combined["runs"] == runs
+    assert json.dumps(combined["summary"]) == json.dumps(out["summary"])
+    assert (tmp_path / "combined" / "mutransfer_both.png").is_file()
