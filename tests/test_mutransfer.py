@@ -20,6 +20,7 @@ SCRIPT = ROOT / "benchmarks" / "mutransfer.py"
 def _load_script():
     spec = importlib.util.spec_from_file_location("mutransfer", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
