@@ -45,10 +45,13 @@ INT32_PAIRS = 2**31  # a dense N×N look-up inside a kernel is indexed with int3
 DENSE_MASK_PAIRS = 2**32  # create_block_mask materialises N×N masks: ≈ 11 bytes per pair
 GRACE_S = 20  # how far past --max-seconds the last case may run before it is cut
 LOCAL_LAYERS = ["TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-flex-local"]
-LOCAL_LAYERS += ["ours-local", "ours-local+edge", "ours-local+rcm"]
+LOCAL_LAYERS += ["ours-local", "ours-local+edge", "ours-local+rcm", "ours-local+mp"]
+LOCAL_LAYERS += ["ours-local+edge+mp"]
 GLOBAL_LAYERS = ["dense-MHA", "naive-flex-global", "ours-global", "ours-global+edge"]
 GLOBAL_LAYERS += ["ours-global+pack"]
 LAYOUTS = {"+rcm": "rcm", "+pack": "pack"}  # suffix -> GraphStructure.build(layout=...)
+MESSAGE_PASSING = "+mp"  # suffix: ours on the message-passing backend (what 'auto' picks when
+# the blocks are sparse) instead of FlexAttention
 SMOKE_CASES = ["molhiv-16/*", "molhiv-batches/*", "*/TransformerConv/*", "arxiv-random/ours-*"]
 
 
@@ -281,7 +284,7 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
 
     The reference is ours with the same weights on the message-passing backend; the naive flex
     peer shares the conv's weights, so the same reference checks it."""
-    width, heads, edges = args.width, args.heads, layer.endswith("+edge")
+    width, heads, edges = args.width, args.heads, "+edge" in layer
     channels, edge_dim = width // heads, EDGE_DIM if edges else None
     if layer.startswith("TransformerConv"):
         conv = TransformerConv(width, channels, heads, edge_dim=edge_dim)
@@ -291,7 +294,8 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
     if layer == "dense-MHA":
         return DenseGlobal(width, heads, graph), None, {}
     mode = "global" if "global" in layer else "local"
-    conv = FlexGraphConv(width, channels, heads, mode=mode, edge_dim=edge_dim, backend="flex")
+    backend = "message_passing" if layer.endswith(MESSAGE_PASSING) else "flex"
+    conv = FlexGraphConv(width, channels, heads, mode=mode, edge_dim=edge_dim, backend=backend)
     reference = copy.deepcopy(conv)
     reference.backend = "message_passing"
     if layer.startswith("naive"):
@@ -368,7 +372,8 @@ def run_case(layer: str, graph: Graph, dtype: torch.dtype, args) -> dict:
     On CPU the flex layers run forward only, under ``no_grad`` (no FlexAttention backward)."""
     module, reference, info = make_layer(layer, graph, args)
     module = module.to(device=args.device, dtype=dtype)
-    train = args.device.type == "cuda" or not layer.startswith(("ours", "naive"))
+    flex_on_cpu = layer.startswith(("ours", "naive")) and not layer.endswith(MESSAGE_PASSING)
+    train = args.device.type == "cuda" or not flex_on_cpu
     x = graph.x.to(dtype, copy=True).requires_grad_(train)  # a fresh leaf, even in float32
     edge_attr = graph.edge_attr.to(dtype, copy=True).requires_grad_(train)
 
@@ -470,7 +475,7 @@ def floor_fields(record: dict, env: dict) -> dict:
     n, e, c, train = record["nodes"], record["edges"], env["width"], record["pass"] == "fwd+bwd"
     elt = torch.empty(0, dtype=getattr(torch, record["dtype"])).element_size()
     weights, index = 4 * c * c + 4 * c, 16 * e
-    features = elt * e * EDGE_DIM if record["layer"].endswith("+edge") else 0
+    features = elt * e * EDGE_DIM if "+edge" in record["layer"] else 0
     moved = elt * (2 * n * c + weights) + index + features
     if train:
         moved += elt * (3 * n * c + 2 * weights) + index + 2 * features

@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/mutransfer.py --dataset ogbg-molhiv --root ../shared/data --tag cpu \\
         --widths 32 64 128 256 --log2-lrs -12 -10 -8 -6 -4 --seeds 0 --workers 2
+    python benchmarks/mutransfer.py --device cuda --workers 8 --no-plot ...   # one GPU, 8 runs
     python benchmarks/mutransfer.py --smoke   # embedded ogbg-molesol, seconds on CPU
     python benchmarks/mutransfer.py --combine a.json b.json --tag cpu   # pieces of one grid
 
@@ -45,7 +46,7 @@ PARAMETRIZATIONS = {"sp": False, "mup": True}
 LABELS = {"sp": "SP", "mup": "μP"}
 SHARED_SETTINGS = (
     "dataset", "layers", "heads", "batch_size", "train_graphs", "epochs", "warmup_steps",
-    "weight_decay", "clip_grad", "base_width",
+    "weight_decay", "clip_grad", "base_width", "attention",
 )  # fmt: skip
 """Settings every piece of a combined sweep must share."""
 
@@ -74,6 +75,7 @@ def run_config(args: argparse.Namespace, run: Run, out: Path) -> TrainConfig:
         width=run.width,
         layers=args.layers,
         heads=args.heads,
+        attention=args.attention,
         lr=2.0**run.log2_lr,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
@@ -81,7 +83,7 @@ def run_config(args: argparse.Namespace, run: Run, out: Path) -> TrainConfig:
         seed=run.seed,
         mup=PARAMETRIZATIONS[run.param],
         base_width=min(args.widths),
-        device="cpu",
+        device=args.device,
         progress=False,
     )
 
@@ -90,9 +92,13 @@ def execute(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     """Train one grid point in a scratch folder; return its record (diverged runs included).
 
     Runs in a worker process with one thread: several small runs side by side use the cores
-    better than one run with several threads.
+    better than one run with several threads (on a GPU, they fill the gaps between each
+    other's kernel launches).
     """
     torch.set_num_threads(1)
+    for name in ("recompile_limit", "cache_size_limit"):  # batch sizes vary: FlexAttention
+        if hasattr(torch._dynamo.config, name):  # is compiled for several shapes per run
+            setattr(torch._dynamo.config, name, 64)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mutransfer-") as scratch:
         config = run_config(args, run, Path(scratch) / "run")
@@ -216,6 +222,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--attention", default="local", help="local, global or both")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (workers share one GPU)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--train-graphs", type=int, default=2048, help="first N graphs of each split"
@@ -226,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip-grad", type=float, default=0.0, help="0: no clipping")
     parser.add_argument("--workers", type=int, default=2, help="runs side by side")
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--combine",
@@ -253,7 +262,7 @@ def combine(paths: list[Path], out: Path, tag: str) -> dict[str, Any]:
     parts = [json.loads(path.read_text()) for path in paths]
     config = dict(parts[0]["config"])
     for path, part in zip(paths[1:], parts[1:], strict=True):
-        differ = [k for k in SHARED_SETTINGS if part["config"][k] != config[k]]
+        differ = [k for k in SHARED_SETTINGS if part["config"].get(k) != config.get(k)]
         if differ:
             raise ValueError(f"{path} differs from {paths[0]} in {', '.join(differ)}")
     runs = [run for part in parts for run in part["runs"]]
@@ -278,12 +287,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.combine:
         return combine(args.combine, args.out, args.tag)
-    runs = [
-        Run(param, width, log2_lr, seed)
-        for width in sorted(args.widths)  # narrow first: a sweep stopped early keeps the base
+    runs = [  # seed by seed, so that a sweep stopped early keeps whole grids; within a seed
+        Run(param, width, log2_lr, seed)  # widest first: the longest runs start first and
+        for seed in args.seeds  # the workers finish together
+        for width in sorted(args.widths, reverse=True)
         for param in args.params
         for log2_lr in args.log2_lrs
-        for seed in args.seeds
     ]
     # Load (and, on first use, copy and process) the dataset once here: workers then only read
     # the cache, instead of racing to write it, and a wrong --root fails before any run starts.
@@ -303,14 +312,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             write(args, records, time.perf_counter() - started)
     result = write(args, records, time.perf_counter() - started)
-    plot(result, args.out / f"mutransfer_{args.tag}.png")
+    if not args.no_plot:
+        plot(result, args.out / f"mutransfer_{args.tag}.png")
     for param, widths in result["summary"].items():
         for width, entry in widths.items():
             print(
                 f"{LABELS[param]:>2} width {width:>4}: best lr 2^{entry['best_log2_lr']} "
                 f"loss {entry['best_train_loss']}"
             )
-    print(f"wrote {args.out / f'mutransfer_{args.tag}.json'} and its PNG")
+    print(f"wrote {args.out / f'mutransfer_{args.tag}.json'}")
     return result
 
 
@@ -336,7 +346,9 @@ def write(args: argparse.Namespace, records: list[dict[str, Any]], seconds: floa
     result = {"config": config, "summary": summarize(records), "runs": records}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"mutransfer_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=1))
+    temporary = path.with_suffix(".tmp")  # a sweep killed mid-write keeps the last whole JSON
+    temporary.write_text(json.dumps(result, indent=1))
+    temporary.replace(path)
     return result
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pyg_mup.data import EMBEDDED_DATASET, DatasetError, known_datasets, task_of
 from pyg_mup.models import ATTENTION_KINDS
 from pyg_mup.train import CheckpointError, ConfigError, RunDirError, TrainConfig, train
-from pyg_mup.train.config import NODE_BATCHING
+from pyg_mup.train.config import LR_SCHEDULES, NODE_BATCHING
 
 USER_ERRORS = (ConfigError, RunDirError, DatasetError, CheckpointError)
 
@@ -140,7 +140,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser, with_defaults: bool) -
         "--warmup-steps",
         default=d.warmup_steps,
         type=int,
-        help="linear LR warm-up, then constant (default: %(default)s)",
+        help="linear LR warm-up steps (default: %(default)s)",
+    )
+    add(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        choices=LR_SCHEDULES,
+        help="after warm-up: constant, or cosine decay to 0 over --epochs (default: %(default)s)",
     )
     add(
         "--clip-grad",

@@ -463,3 +463,29 @@ def test_hash_lookup_gives_the_same_layer_output(mode):
         for layer in (message_passing, flex):
             out = layer(x, edge_index, batch=batch, structure=hashed, **inputs)
             assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_auto_backend_uses_flex_on_cuda_only_where_blocks_are_dense():
+    """Sparse local structures (a molecule batch: ~1/150 of each 128×128 tile is an edge) run
+    message passing even on CUDA; global structures and dense local ones run FlexAttention."""
+    from types import SimpleNamespace
+
+    from pyg_mup.nn.attention import FLEX_MIN_BLOCK_DENSITY
+
+    _, edge_index, batch = random_batch([20] * 40, 3, torch.Generator().manual_seed(0))
+    num_nodes = batch.numel()
+    sparse = GraphStructure.build(edge_index, num_nodes, batch, mode="local")
+    whole = GraphStructure.build(edge_index, num_nodes, batch, mode="global")
+    block = torch.arange(16)
+    clique = torch.cartesian_prod(block, block).t().contiguous()
+    dense = GraphStructure.build(clique, 16, mode="local", block_size=16)
+    assert sparse.block_density < FLEX_MIN_BLOCK_DENSITY
+    assert whole.block_density == 1.0 and dense.block_density == 1.0
+
+    conv = FlexGraphConv(8, 4, heads=2)
+    on_cuda, on_cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert conv._resolve_backend(on_cuda, sparse) == "message_passing"
+    assert conv._resolve_backend(on_cuda, whole) == "flex"
+    assert conv._resolve_backend(on_cuda, dense) == "flex"
+    assert conv._resolve_backend(on_cpu, whole) == "message_passing"
+    assert FlexGraphConv(8, 4, backend="flex")._resolve_backend(on_cuda, sparse) == "flex"

@@ -177,3 +177,18 @@ def test_time_budget_stops_cleanly(tmp_path):
     assert summary["status"] == "stopped at the --max-minutes budget"
     assert summary["signal"] is None
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run(tmp_path):
+    summary = train(config(tmp_path, epochs=2, max_samples=64, lr_schedule="cosine"))
+    assert summary["status"] == "complete"
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    # 64 graphs, batch 32: 2 steps an epoch, warm-up 2; after epoch 1 the cosine has not begun
+    assert lrs[0] == pytest.approx(TrainConfig().lr)
+    assert lrs[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_schedule_refuses_to_change_epochs_on_resume(tmp_path):
+    train(config(tmp_path, epochs=1, max_samples=64, lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="--lr-schedule cosine decays over exactly those"):
+        train(config(tmp_path, epochs=2, resume=True))

@@ -25,6 +25,9 @@ from pyg_mup.score_mods import MaskMod, ScoreMod
 from pyg_mup.structure import GraphStructure
 
 BACKENDS = ("auto", "flex", "message_passing")
+FLEX_MIN_BLOCK_DENSITY = 1 / 32
+"""``backend='auto'`` on CUDA uses FlexAttention when at least this share of the scores it
+computes are attention pairs (:attr:`GraphStructure.block_density`), message passing below."""
 
 
 @cache
@@ -59,8 +62,10 @@ class MuPFlexAttention(MessagePassing):
             raises in training if it is non-zero).
         bias: learn biases in the projections.
         root_weight: add the skip projection of the target node's own features.
-        backend: ``'flex'``, ``'message_passing'``, or ``'auto'`` (flex on CUDA, message passing
-            on CPU, where FlexAttention has no backward).
+        backend: ``'flex'``, ``'message_passing'``, or ``'auto'``: message passing on CPU
+            (FlexAttention has no backward there); on CUDA, flex unless the structure's blocks
+            are mostly empty (:data:`FLEX_MIN_BLOCK_DENSITY`: sparse local attention, where a
+            gather per edge is faster than FlexAttention's 128×128 tiles).
         attn_mult: constant multiplier of the attention logits (a μP hyperparameter).
 
     Shapes:
@@ -190,7 +195,7 @@ class MuPFlexAttention(MessagePassing):
         mask_mod = self.mask_mod(structure, **inputs)
 
         alpha = None
-        if need_weights or self._resolve_backend(query) == "message_passing":
+        if need_weights or self._resolve_backend(query, structure) == "message_passing":
             out, alpha = self._message_passing(query, key, value, structure, score_mod, mask_mod)
         else:
             if self.training and self.dropout > 0:
@@ -221,10 +226,12 @@ class MuPFlexAttention(MessagePassing):
         check_node_features(x[1], "x[1] (target nodes)", dst_channels)
         return x[0], x[1]
 
-    def _resolve_backend(self, query: Tensor) -> str:
+    def _resolve_backend(self, query: Tensor, structure: GraphStructure) -> str:
         if self.backend != "auto":
             return self.backend
-        return "flex" if query.is_cuda else "message_passing"
+        if query.is_cuda and structure.block_density >= FLEX_MIN_BLOCK_DENSITY:
+            return "flex"
+        return "message_passing"
 
     def _flex(
         self,

@@ -57,7 +57,7 @@ class FlexGraphConv(MuPFlexAttention):
         mode: ``'local'`` or ``'global'``.
         bias: learn biases in the projections.
         root_weight: add the skip projection of each node's own features.
-        backend: ``'auto'`` (FlexAttention on CUDA, message passing on CPU), ``'flex'`` or
+        backend: ``'auto'`` (see :class:`MuPFlexAttention`), ``'flex'`` or
             ``'message_passing'``.
         num_edge_types: number of edge types of ``edge_type``; enables the type gate.
         max_distance: largest hop distance embedded; enables the distance gate and bias.

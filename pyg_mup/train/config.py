@@ -33,6 +33,7 @@ RESUMABLE = frozenset(
 """Settings that may differ between a run and its resumption (none changes the results)."""
 
 NODE_BATCHING = ("auto", "full", "sampled")
+LR_SCHEDULES = ("constant", "cosine")
 FULL_GRAPH_MAX_EDGES = 5_000_000
 """``--node-batching auto`` trains full-graph up to this many edges, with sampling beyond."""
 
@@ -61,6 +62,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
     clip_grad: float = 1.0
     seed: int = 0
     mup: bool = True
@@ -98,6 +100,8 @@ class TrainConfig:
             )
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"--attention must be one of {', '.join(ATTENTION_KINDS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.node_batching not in NODE_BATCHING:
             raise ConfigError(f"--node-batching must be one of {', '.join(NODE_BATCHING)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -149,6 +153,11 @@ def resumed_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str
     config = TrainConfig.from_dict(stored)
     for name in sorted(explicit):
         value = getattr(given, name)
+        if name == "epochs" and config.lr_schedule == "cosine" and value != config.epochs:
+            raise ConfigError(
+                f"--epochs {value} differs from the run being resumed ({config.epochs}) and its "
+                "--lr-schedule cosine decays over exactly those epochs"
+            )
         if name in RESUMABLE:
             setattr(config, name, value)
         elif value != getattr(config, name):

@@ -9,6 +9,7 @@ parametrization (``set_base_shapes(model, None)``), plain ``torch.optim.AdamW``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -57,16 +58,24 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
     return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def make_scheduler(config: TrainConfig, optimizer: Optimizer) -> LambdaLR:
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant.
+def make_scheduler(config: TrainConfig, optimizer: Optimizer, total_steps: int) -> LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant or, with
+    ``lr_schedule='cosine'``, a half cosine down to zero at step ``total_steps`` (the whole run).
 
-    The schedule depends on the step count only, never on ``--epochs``: a run extended with
-    ``--resume --epochs N`` follows the same learning rates as one started with ``N``.
+    The constant schedule depends on the step count only, never on ``--epochs``: a run extended
+    with ``--resume --epochs N`` follows the same learning rates as one started with ``N``
+    (the cosine one cannot be extended; :func:`resumed_config` refuses).
     """
     warmup = config.warmup_steps
+    cosine = config.lr_schedule == "cosine"
 
     def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(total_steps - warmup, 1))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
 

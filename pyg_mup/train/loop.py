@@ -102,7 +102,8 @@ class _Run:
         checkpoint.seed_everything(config.seed)
         self.model = make_model(config, self.task, self.workload.example).to(device)
         self.optimizer = make_optimizer(config, self.model)
-        self.scheduler = make_scheduler(config, self.optimizer)
+        total_steps = config.epochs * self.workload.steps_per_epoch()
+        self.scheduler = make_scheduler(config, self.optimizer, total_steps)
         checkpoint.seed_everything(config.seed + dist.rank)
         if state is not None:
             self._restore(state)
