@@ -1,0 +1,512 @@
+"""End-to-end training throughput on an OGB graph dataset: our ``GraphTransformer`` against
+the same-size model built from PyG's ``GPSConv`` + ``TransformerConv``, on one device.
+
+Why: ``bench_conv.py`` times one layer on prebuilt structures; a user feels whole training
+steps. Here every model trains on the same shuffled train split (same batches, width, layers,
+heads, dtype, AdamW) and a step is all of it: collating the batch (``DataLoader``), moving it
+to the device, building our attention structures, forward, loss, backward and the optimizer.
+
+Models:
+
+- ``ours-both``: ``GraphTransformer(attention='both')``, local + global ``FlexGraphConv`` per
+  block, summed (GPS-like; global attention with edge biases and hop-distance gates).
+- ``gps``: PyG's GPS: ``layers`` × ``GPSConv(TransformerConv, attn_type='multihead')`` with
+  GPSConv's defaults (batch norm, ReLU MLP), mean pool, linear readout.
+- ``ours-local``: ``GraphTransformer(attention='local')``.
+- ``transformerconv``: the local-only twin of ``ours-local``, block for block: pre-norm
+  ``TransformerConv`` + residual, pre-norm FFN (2 × width, GELU) + residual, final LayerNorm.
+
+All four share the node and edge encoders (OGB's atom/bond embeddings for molecules; edge
+features of ``EDGE_CHANNELS``). Per model: ``--warmup-steps`` untimed steps (they cover
+``torch.compile`` of FlexAttention), then one timed pass over the train split (or
+``--max-steps``) between two device syncs. The JSON holds graphs/s (end to end, and without the
+time spent waiting for the loader), ms/step (mean and median), peak memory of the timed pass,
+dynamo graphs compiled in warm-up and timed pass, parameter counts, and the throughput ratios
+ours-both ÷ gps and ours-local ÷ transformerconv; for ours also the backend ``'auto'`` picked
+per attention mode (on CUDA: message passing for sparse local blocks, FlexAttention for global
+ones; always message passing on CPU). A model that fails (out of memory, compile
+error) is recorded with its error and the next one runs; the JSON is rewritten after each.
+
+Usage (from the repository root; ``--root`` holds ``ogbg_molhiv/`` in OGB's layout)::
+
+    python benchmarks/bench_train.py --root shared_data --dtype bfloat16 \\
+        --out benchmarks/results/train_h200_bf16.json
+    python benchmarks/bench_train.py --smoke --out /tmp/train_smoke.json   # CPU, seconds
+
+A dataset folder holding only OGB's ``raw/`` files (no release marker, no ``split/``) is staged
+in the cache with the marker added and, without ``split/``, a seeded random 80/10/10 split (the
+JSON's ``split`` field says so); ``ogb`` then loads it as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch._dynamo
+import torch_geometric
+from torch import Tensor, nn
+from torch._dynamo.utils import counters
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import GPSConv, TransformerConv, global_mean_pool
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pyg_mup.data import (  # noqa: E402
+    DatasetError,
+    OGBData,
+    default_cache_dir,
+    folder_name,
+    load_dataset,
+    marker,
+    required_files,
+)
+from pyg_mup.models import GraphTransformer  # noqa: E402
+from pyg_mup.models.encoders import FeatureEncoder, FeatureSpec, feature_specs  # noqa: E402
+from pyg_mup.mup import set_base_shapes  # noqa: E402
+from pyg_mup.train.objective import Objective  # noqa: E402
+
+EDGE_CHANNELS = 32  # GraphTransformer's default edge_channels, shared by every model
+MODELS = ("ours-both", "gps", "ours-local", "transformerconv")
+PEERS = {"ours-both": "gps", "ours-local": "transformerconv"}
+SMOKE_DATASET = "ogbg-molesol"  # shipped with the package: the smoke run needs no data folder
+
+
+# -------------------------------------------------------------------------------------- models
+class GPS(nn.Module):
+    """PyG's GPS baseline: encoders → ``layers`` × ``GPSConv`` (local ``TransformerConv`` with
+    edge features + global ``nn.MultiheadAttention``, GPSConv's defaults otherwise) → mean pool
+    → linear readout. Shapes as :class:`~pyg_mup.models.GraphTransformer`."""
+
+    def __init__(
+        self,
+        out_channels: int,
+        width: int,
+        layers: int,
+        heads: int,
+        node_features: FeatureSpec,
+        edge_features: FeatureSpec,
+    ) -> None:
+        super().__init__()
+        self.node_encoder = FeatureEncoder(node_features, width)
+        self.edge_encoder = FeatureEncoder(edge_features, EDGE_CHANNELS)
+        self.convs = nn.ModuleList(
+            GPSConv(
+                width,
+                TransformerConv(width, width // heads, heads=heads, edge_dim=EDGE_CHANNELS),
+                heads=heads,
+                attn_type="multihead",
+                dropout=0.0,
+            )
+            for _ in range(layers)
+        )
+        self.head = nn.Linear(width, out_channels)
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, num_graphs: int
+    ) -> Tensor:
+        h, e = self.node_encoder(x), self.edge_encoder(edge_attr)
+        for conv in self.convs:
+            h = conv(h, edge_index, batch, edge_attr=e)  # GPSConv passes edge_attr to the conv
+        return self.head(global_mean_pool(h, batch, size=num_graphs))
+
+
+class LocalBlock(nn.Module):
+    """Our ``TransformerBlock(attention='local')`` with PyG's ``TransformerConv`` as the
+    attention: ``h ← h + Conv(LN(h))``, ``h ← h + FFN(LN(h))``; no root weight (the residual
+    is the skip path), as in ours."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(width)
+        self.conv = TransformerConv(
+            width, width // heads, heads=heads, edge_dim=EDGE_CHANNELS, root_weight=False
+        )
+        self.norm_ffn = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+        )
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        h = h + self.conv(self.norm_attn(h), edge_index, edge_attr)
+        return h + self.ffn(self.norm_ffn(h))
+
+
+class LocalTransformer(nn.Module):
+    """The ``transformerconv`` model: encoders → ``layers`` × :class:`LocalBlock` → LayerNorm →
+    mean pool → linear readout, the structure of ``GraphTransformer(attention='local')``."""
+
+    def __init__(
+        self,
+        out_channels: int,
+        width: int,
+        layers: int,
+        heads: int,
+        node_features: FeatureSpec,
+        edge_features: FeatureSpec,
+    ) -> None:
+        super().__init__()
+        self.node_encoder = FeatureEncoder(node_features, width)
+        self.edge_encoder = FeatureEncoder(edge_features, EDGE_CHANNELS)
+        self.blocks = nn.ModuleList(LocalBlock(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, out_channels)
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, num_graphs: int
+    ) -> Tensor:
+        h, e = self.node_encoder(x), self.edge_encoder(edge_attr)
+        for block in self.blocks:
+            h = block(h, edge_index, e)
+        return self.head(global_mean_pool(self.norm(h), batch, size=num_graphs))
+
+
+def build_model(name: str, out_channels: int, specs: tuple, args: argparse.Namespace) -> nn.Module:
+    """One of :data:`MODELS` at the run's width, layers and heads (float32 weights)."""
+    sizes = dict(width=args.width, layers=args.layers, heads=args.heads)
+    if name.startswith("ours-"):
+        model = GraphTransformer(
+            out_channels, **sizes, attention=name.removeprefix("ours-"), node_features=specs[0],
+            edge_features=specs[1], edge_channels=EDGE_CHANNELS,
+        )  # fmt: skip
+        return set_base_shapes(model, None)  # standard parametrization: MuReadout needs it
+    peer = {"gps": GPS, "transformerconv": LocalTransformer}[name]
+    return peer(out_channels, **sizes, node_features=specs[0], edge_features=specs[1])
+
+
+def our_backends(model: nn.Module, batch: Batch, device: torch.device) -> dict:
+    """Per attention mode of ours, the backend ``'auto'`` picks on this batch and the block
+    density that decides it (message passing for sparse local blocks, FlexAttention else)."""
+    batch = batch.to(device)
+    structures = model.structures(batch.edge_index, batch.num_nodes, batch.batch)
+    conv = {mode: model.blocks[0].attn[mode] for mode in structures}
+    probe = torch.empty(0, device=device)
+    return {
+        mode: dict(
+            backend=conv[mode]._resolve_backend(probe, structure),
+            block_density=structure.block_density,
+        )
+        for mode, structure in structures.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------- data
+def stage_raw_folder(name: str, folder: Path, cache_dir: Path) -> tuple[Path, str]:
+    """Copy a dataset folder with only OGB's ``raw/`` (and maybe ``split/``) into the cache,
+    adding the release marker and, if ``split/`` is missing, a random 80/10/10 split (seed 0).
+    The copy is keyed by the files' contents; returns ``(root for load_dataset, split note)``."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and rel.parts[0] != "processed":
+            digest.update(str(rel).encode() + b"\0" + path.read_bytes())
+    root = cache_dir / "bench_train" / digest.hexdigest()[:16]
+    target = root / folder_name(name)
+    splits = [f for f in required_files(name) if f.startswith("split/")]
+    has_split = all((folder / f).is_file() for f in splits)
+    note = "official" if has_split else "random 80/10/10, seed 0 (the folder has no split/)"
+    if (target / marker(name)).is_file():
+        return root, note
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging.", dir=root))
+    try:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("processed"))
+        if not has_split:
+            graphs = len(pd.read_csv(tmp / "raw" / "num-node-list.csv.gz", header=None))
+            order = np.random.default_rng(0).permutation(graphs)
+            cuts = np.split(order, [int(0.8 * graphs), int(0.9 * graphs)])
+            for path, part in zip(splits, cuts, strict=True):
+                (tmp / path).parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(np.sort(part)).to_csv(tmp / path, header=False, index=False)
+        (tmp / marker(name)).write_text("staged by benchmarks/bench_train.py\n")
+        for path in [tmp, *tmp.rglob("*")]:  # ogb writes processed/ here: a read-only source
+            path.chmod(path.stat().st_mode | (0o700 if path.is_dir() else 0o600))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root, note
+
+
+def load(args: argparse.Namespace) -> tuple[OGBData, str]:
+    """``(dataset, split note)`` through :func:`pyg_mup.data.load_dataset`, staging a
+    ``raw/``-only folder first (see :func:`stage_raw_folder`)."""
+    try:
+        return load_dataset(args.dataset, args.root, args.cache_dir), "official"
+    except DatasetError:
+        if args.root is None:
+            raise
+        name, root = args.dataset, args.root
+        folder = root if (root / "raw").is_dir() else root / folder_name(name)
+        if not (folder / "raw").is_dir() or (folder / marker(name)).is_file():
+            raise  # not a raw-only folder: load_dataset's message says what to do
+    staged, note = stage_raw_folder(name, folder, args.cache_dir or default_cache_dir())
+    print(f"staged {folder} (split: {note})", file=sys.stderr)
+    return load_dataset(name, staged, args.cache_dir), note
+
+
+def train_loader(data: OGBData, args: argparse.Namespace) -> DataLoader:
+    """The train split, shuffled by a generator seeded with ``--seed``: every model (and every
+    pass) sees the same batches in the same order."""
+    train = data.dataset[data.split_idx["train"]]
+    generator = torch.Generator().manual_seed(args.seed)
+    return DataLoader(
+        train, args.batch_size, shuffle=True, generator=generator, num_workers=args.num_workers
+    )
+
+
+# -------------------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled so far in this process (as ``bench_conv.py`` counts them)."""
+    return counters["stats"]["unique_graphs"]
+
+
+def run_steps(
+    step: Callable[[Batch], Tensor],
+    batches: Iterable[Batch],
+    device: torch.device,
+    steps: int | None,
+) -> dict:
+    """Up to ``steps`` training steps (``None``: all batches) between two device syncs: wall
+    seconds, graphs, time waiting for the loader, per-step ms (CUDA events on GPU), last loss."""
+    iterator = iter(batches)  # loader workers, if any, start before the clock
+    cuda = device.type == "cuda"
+    marks, graphs, loader_s, loss = [], 0, 0.0, None
+    sync(device)
+    start = time.perf_counter()
+    while steps is None or len(marks) < steps:
+        began = time.perf_counter()
+        batch = next(iterator, None)
+        loader_s += time.perf_counter() - began
+        if batch is None:
+            break
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            loss = step(batch)
+            end.record()
+            marks.append((begin, end))
+        else:
+            began = time.perf_counter()
+            loss = step(batch)
+            marks.append((time.perf_counter() - began) * 1e3)
+        graphs += batch.num_graphs
+    sync(device)
+    seconds = time.perf_counter() - start
+    step_ms = [b.elapsed_time(e) for b, e in marks] if cuda else marks
+    last = float(loss) if loss is not None else None
+    return dict(seconds=seconds, graphs=graphs, loader_s=loader_s, step_ms=step_ms, loss=last)
+
+
+def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
+    """Build, warm up and time one model; returns the fields of its record."""
+    device, cuda = args.device, args.device.type == "cuda"
+    example = data.dataset[0]
+    specs = feature_specs(args.dataset, example.x, example.edge_attr)
+    torch.manual_seed(args.seed)
+    model = build_model(name, data.task.out_channels, specs, args).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    objective = Objective(data.task, data.dataset.y[data.split_idx["train"]])
+    bf16 = args.dtype == "bfloat16"
+
+    def step(batch: Batch) -> Tensor:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
+        loss_sum, count = objective.loss_terms(pred.float(), batch.y)
+        loss = loss_sum / count.clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    loader = train_loader(data, args)
+    record = dict(params=sum(p.numel() for p in model.parameters()), width=model.head.in_features)
+    if name.startswith("ours-"):  # a loader of its own: the timed order stays every model's
+        record["backends"] = our_backends(model, next(iter(train_loader(data, args))), device)
+    before = compiled_graphs()
+    warmup = run_steps(step, loader, device, args.warmup_steps)
+    record.update(warmup_s=warmup["seconds"], compiles_warmup=compiled_graphs() - before)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = compiled_graphs()
+    timed = run_steps(step, loader, device, args.max_steps)
+    steps, seconds = len(timed["step_ms"]), timed["seconds"]
+    record.update(
+        steps=steps, graphs=timed["graphs"], epoch_s=seconds,
+        graphs_per_s=timed["graphs"] / seconds,
+        graphs_per_s_excl_loader=timed["graphs"] / max(seconds - timed["loader_s"], 1e-9),
+        loader_s=timed["loader_s"], ms_per_step=seconds / max(steps, 1) * 1e3,
+        median_step_ms=statistics.median(timed["step_ms"]) if steps else None,
+        compiles_timed=compiled_graphs() - before, final_loss=timed["loss"],
+        peak_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+    )  # fmt: skip
+    return record
+
+
+# ------------------------------------------------------------------------------------- results
+def add_ratios(records: list[dict]) -> dict:
+    """``{'ours-both/gps': x, ...}``: ours' graphs/s over its peer's (> 1: ours is faster),
+    end to end; each ours record also gets ``ratio_to_peer`` and, from the rates without the
+    loader's time, ``ratio_to_peer_excl_loader``."""
+    done = {r["model"]: r for r in records if r["status"] == "ok"}
+    ratios = {}
+    for ours, peer in PEERS.items():
+        if ours in done and peer in done:
+            mine, theirs = done[ours], done[peer]
+            ratio = mine["graphs_per_s"] / theirs["graphs_per_s"]
+            mine["ratio_to_peer"] = ratios[f"{ours}/{peer}"] = ratio
+            if "graphs_per_s_excl_loader" in mine and "graphs_per_s_excl_loader" in theirs:
+                rate = "graphs_per_s_excl_loader"
+                mine["ratio_to_peer_excl_loader"] = mine[rate] / theirs[rate]
+    return ratios
+
+
+def markdown(records: list[dict]) -> str:
+    """One table line per model."""
+    fmt = lambda value, spec: "" if value is None else format(value, spec)  # noqa: E731
+    lines = [
+        "| model | params | graphs/s | excl. loader | ms/step | median ms | peak MB"
+        " | compiles warm-up/timed | vs peer | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in records:
+        peer = f"{r['ratio_to_peer']:.2f}× {PEERS[r['model']]}" if "ratio_to_peer" in r else ""
+        compiles = f"{r['compiles_warmup']}/{r['compiles_timed']}" if "compiles_timed" in r else ""
+        error = (": " + r["error"].split("\n")[0][:120]) if "error" in r else ""
+        lines.append(
+            f"| {r['model']} | {fmt(r.get('params'), ',')} | {fmt(r.get('graphs_per_s'), '.0f')}"
+            f" | {fmt(r.get('graphs_per_s_excl_loader'), '.0f')}"
+            f" | {fmt(r.get('ms_per_step'), '.2f')} | {fmt(r.get('median_step_ms'), '.2f')}"
+            f" | {fmt(r.get('peak_mb'), '.0f')} | {compiles} | {peer} | {r['status']}{error} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, env: dict, records: list[dict]) -> None:
+    """Rewrite ``path`` atomically (a temporary file, then ``os.replace``)."""
+    ratios = add_ratios(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dict(environment=env, ratios=ratios, records=records), indent=1))
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(args: argparse.Namespace, data: OGBData, split: str) -> dict:
+    import ogb
+
+    cuda = args.device.type == "cuda"
+    return dict(
+        torch=torch.__version__, torch_geometric=torch_geometric.__version__,
+        ogb=ogb.__version__, cuda=torch.version.cuda,
+        device=torch.cuda.get_device_name(args.device) if cuda else "cpu",
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        commit=git_commit(), argv=sys.argv[1:], smoke=args.smoke, dataset=args.dataset,
+        split=split, train_graphs=int(data.split_idx["train"].numel()), dtype=args.dtype,
+        float32_matmul_precision=torch.get_float32_matmul_precision(), width=args.width,
+        layers=args.layers, heads=args.heads, edge_channels=EDGE_CHANNELS,
+        batch_size=args.batch_size, lr=args.lr, optimizer="AdamW", seed=args.seed,
+        warmup_steps=args.warmup_steps, max_steps=args.max_steps, num_workers=args.num_workers,
+        recompile_limit=getattr(torch._dynamo.config, "recompile_limit", None),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--smoke", action="store_true",
+        help=f"{SMOKE_DATASET} (shipped), CPU, width 32, 1 layer, batch 16, 4 steps")  # fmt: skip
+    add("--out", type=Path, default=ROOT / "benchmarks/results/train_h200.json")
+    add("--dataset", default="ogbg-molhiv", help="an ogbg-mol* dataset (atom and bond features)")
+    add("--root", type=Path, default=ROOT / "shared_data",
+        help="folder holding the dataset folder in OGB's layout")  # fmt: skip
+    add("--cache-dir", type=Path, help="where read-only or raw-only folders are copied")
+    add("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    add("--dtype", choices=["float32", "bfloat16"],
+        help="bfloat16 (default; smoke: float32): torch.autocast around the forward pass, "
+        "float32 weights")  # fmt: skip
+    add("--tf32", action="store_true", help="let float32 matmuls use TF32 (default: exact)")
+    add("--width", type=int, default=256)
+    add("--layers", type=int, default=4)
+    add("--heads", type=int, default=8)
+    add("--batch-size", type=int, default=128)
+    add("--lr", type=float, default=1e-4)
+    add("--seed", type=int, default=0)
+    add("--warmup-steps", type=int, default=20, help="untimed steps (compiles included)")
+    add("--max-steps", type=int, help="timed steps (default: one pass over the split)")
+    add("--num-workers", type=int, default=0, help="DataLoader workers (pyg-mup train's default)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.dataset, args.root = SMOKE_DATASET, None
+        args.width, args.layers, args.heads, args.batch_size = 32, 1, 2, 16
+        args.warmup_steps, args.max_steps = 2, 4
+    args.dtype = args.dtype or ("float32" if args.smoke else "bfloat16")
+    if args.width % args.heads:
+        parser.error(f"--width {args.width} is not divisible by --heads {args.heads}")
+    args.device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.smoke:
+        torch.set_num_threads(1)  # on a shared CPU, OpenMP spinning makes tiny steps slow
+    torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
+    # shapes change from batch to batch: past dynamo's default limit of 8 recompiles the
+    # compiled FlexAttention would fall back to eager, which materialises N×N scores
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+    data, split = load(args)
+    env, records = environment(args, data, split), []
+    for name in args.models:
+        record = dict(model=name)
+        try:
+            record.update(benchmark_model(name, data, args), status="ok")
+        except Exception as error:  # recorded, never fatal: the next model runs
+            record.update(status="error", error=f"{type(error).__name__}: {error}"[:2000])
+        gc.collect()
+        if args.device.type == "cuda":
+            torch.cuda.empty_cache()
+        records.append(record)
+        rate = record.get("graphs_per_s")
+        rate_note = f"{rate:.0f} graphs/s" if rate and math.isfinite(rate) else ""
+        print(f"{name}: {record['status']} {rate_note}", file=sys.stderr)
+        write_json(args.out, env, records)
+    print(markdown(records))
+    print(f"\nwrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
