@@ -32,10 +32,6 @@ Usage (from the repository root; ``--root`` holds ``ogbg_molhiv/`` in OGB's layo
     python benchmarks/bench_train.py --root shared_data --dtype bfloat16 \\
         --out benchmarks/results/train_h200_bf16.json
     python benchmarks/bench_train.py --smoke --out /tmp/train_smoke.json   # CPU, seconds
-
-A dataset folder holding only OGB's ``raw/`` files (no release marker, no ``split/``) is staged
-in the cache with the marker added and, without ``split/``, a seeded random 80/10/10 split (the
-JSON's ``split`` field says so); ``ogb`` then loads it as usual.
 """
 
 from __future__ import annotations
@@ -43,21 +39,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import hashlib
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 import torch._dynamo
 import torch_geometric
@@ -69,15 +60,7 @@ from torch_geometric.nn import GPSConv, TransformerConv, global_mean_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pyg_mup.data import (  # noqa: E402
-    DatasetError,
-    OGBData,
-    default_cache_dir,
-    folder_name,
-    load_dataset,
-    marker,
-    required_files,
-)
+from pyg_mup.data import OGBData, load_dataset  # noqa: E402
 from pyg_mup.models import GraphTransformer  # noqa: E402
 from pyg_mup.models.encoders import FeatureEncoder, FeatureSpec, feature_specs  # noqa: E402
 from pyg_mup.mup import set_base_shapes  # noqa: E402
@@ -208,58 +191,9 @@ def our_backends(model: nn.Module, batch: Batch, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- data
-def stage_raw_folder(name: str, folder: Path, cache_dir: Path) -> tuple[Path, str]:
-    """Copy a dataset folder with only OGB's ``raw/`` (and maybe ``split/``) into the cache,
-    adding the release marker and, if ``split/`` is missing, a random 80/10/10 split (seed 0).
-    The copy is keyed by the files' contents; returns ``(root for load_dataset, split note)``."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.is_file() and rel.parts[0] != "processed":
-            digest.update(str(rel).encode() + b"\0" + path.read_bytes())
-    root = cache_dir / "bench_train" / digest.hexdigest()[:16]
-    target = root / folder_name(name)
-    splits = [f for f in required_files(name) if f.startswith("split/")]
-    has_split = all((folder / f).is_file() for f in splits)
-    note = "official" if has_split else "random 80/10/10, seed 0 (the folder has no split/)"
-    if (target / marker(name)).is_file():
-        return root, note
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging.", dir=root))
-    try:
-        shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("processed"))
-        if not has_split:
-            graphs = len(pd.read_csv(tmp / "raw" / "num-node-list.csv.gz", header=None))
-            order = np.random.default_rng(0).permutation(graphs)
-            cuts = np.split(order, [int(0.8 * graphs), int(0.9 * graphs)])
-            for path, part in zip(splits, cuts, strict=True):
-                (tmp / path).parent.mkdir(parents=True, exist_ok=True)
-                pd.DataFrame(np.sort(part)).to_csv(tmp / path, header=False, index=False)
-        (tmp / marker(name)).write_text("staged by benchmarks/bench_train.py\n")
-        for path in [tmp, *tmp.rglob("*")]:  # ogb writes processed/ here: a read-only source
-            path.chmod(path.stat().st_mode | (0o700 if path.is_dir() else 0o600))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root, note
-
-
-def load(args: argparse.Namespace) -> tuple[OGBData, str]:
-    """``(dataset, split note)`` through :func:`pyg_mup.data.load_dataset`, staging a
-    ``raw/``-only folder first (see :func:`stage_raw_folder`)."""
-    try:
-        return load_dataset(args.dataset, args.root, args.cache_dir), "official"
-    except DatasetError:
-        if args.root is None:
-            raise
-        name, root = args.dataset, args.root
-        folder = root if (root / "raw").is_dir() else root / folder_name(name)
-        if not (folder / "raw").is_dir() or (folder / marker(name)).is_file():
-            raise  # not a raw-only folder: load_dataset's message says what to do
-    staged, note = stage_raw_folder(name, folder, args.cache_dir or default_cache_dir())
-    print(f"staged {folder} (split: {note})", file=sys.stderr)
-    return load_dataset(name, staged, args.cache_dir), note
+def load(args: argparse.Namespace) -> OGBData:
+    """The dataset through :func:`pyg_mup.data.load_dataset`: the real ``ogb`` path."""
+    return load_dataset(args.dataset, args.root, args.cache_dir)
 
 
 def train_loader(data: OGBData, args: argparse.Namespace) -> DataLoader:
@@ -422,7 +356,7 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(args: argparse.Namespace, data: OGBData, split: str) -> dict:
+def environment(args: argparse.Namespace, data: OGBData) -> dict:
     import ogb
 
     cuda = args.device.type == "cuda"
@@ -432,7 +366,7 @@ def environment(args: argparse.Namespace, data: OGBData, split: str) -> dict:
         device=torch.cuda.get_device_name(args.device) if cuda else "cpu",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         commit=git_commit(), argv=sys.argv[1:], smoke=args.smoke, dataset=args.dataset,
-        split=split, train_graphs=int(data.split_idx["train"].numel()), dtype=args.dtype,
+        train_graphs=int(data.split_idx["train"].numel()), dtype=args.dtype,
         float32_matmul_precision=torch.get_float32_matmul_precision(), width=args.width,
         layers=args.layers, heads=args.heads, edge_channels=EDGE_CHANNELS,
         batch_size=args.batch_size, lr=args.lr, optimizer="AdamW", seed=args.seed,
@@ -488,8 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 256)
-    data, split = load(args)
-    env, records = environment(args, data, split), []
+    data = load(args)
+    env, records = environment(args, data), []
     for name in args.models:
         record = dict(model=name)
         try:

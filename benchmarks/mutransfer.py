@@ -199,7 +199,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     fig.suptitle(
         f"{meta['dataset']}: GraphTransformer, {meta['layers']} layers, {meta['heads']} heads, "
         f"{meta['steps']} AdamW steps, batch {meta['batch_size']}, "
-        f"{meta['train_graphs']} train graphs, seeds {meta['seeds']}",
+        f"{meta['train_graphs']} train graphs, seeds {sorted({r['seed'] for r in result['runs']})}",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -267,8 +267,8 @@ def combine(paths: list[Path], out: Path, tag: str) -> dict[str, Any]:
             raise ValueError(f"{path} differs from {paths[0]} in {', '.join(differ)}")
     runs = [run for part in parts for run in part["runs"]]
     runs.sort(key=lambda r: (r["param"], r["width"], r["log2_lr"], r["seed"]))
-    for key in ("widths", "log2_lrs", "seeds"):
-        config[key] = sorted({v for part in parts for v in part["config"][key]})
+    for key, field in (("widths", "width"), ("log2_lrs", "log2_lr"), ("seeds", "seed")):
+        config[key] = sorted({run[field] for run in runs})  # what ran, not what was asked
     config.update(
         tag=tag,
         runs_done=len(runs),
