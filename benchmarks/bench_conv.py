@@ -637,6 +637,42 @@ class Run:
         self.attempt(record, lambda: run_recompiles(self.args, dtype))
 
 
+def plot(records: list[dict], path: Path) -> Path:
+    """One panel per workload and scope with at least two layers that ran: ms forward+backward
+    of each, one bar per dtype, labelled with its value."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    done = [r for r in records if r["status"] == "ok" and "ms" in r and r["layer"] != "recompiles"]
+    panels = sorted({(r["workload"], r["scope"]) for r in done})
+    panels = [
+        p for p in panels if len({r["layer"] for r in done if (r["workload"], r["scope"]) == p}) > 1
+    ]
+    if not panels:
+        raise ValueError("no workload has two timed layers to compare")
+    dtypes = sorted({r["dtype"] for r in done})
+    fig = Figure(figsize=(11, 2.2 + 1.6 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (workload, scope) in zip(axes, panels, strict=True):
+        mine = [r for r in done if (r["workload"], r["scope"]) == (workload, scope)]
+        layers = list(dict.fromkeys(r["layer"] for r in mine))
+        height = 0.8 / len(dtypes)
+        for i, dtype in enumerate(dtypes):
+            ms = {r["layer"]: r["ms"] for r in mine if r["dtype"] == dtype}
+            rows = [j for j, layer in enumerate(layers) if layer in ms]
+            bars = ax.barh([j + i * height for j in rows], [ms[layers[j]] for j in rows], height,
+                           label=dtype, color=f"C{i}")  # fmt: skip
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_yticks([j + height * (len(dtypes) - 1) / 2 for j in range(len(layers))], layers)
+        ax.invert_yaxis()
+        ax.margins(x=0.08)
+        ax.set_title(f"{workload}, {scope} attention", fontsize=10)
+    axes[-1].set_xlabel("ms, forward + backward (median)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
@@ -662,6 +698,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=int, default=3, help="calls before timing, the compiling one included")
     add("--iters", type=int, default=10)
     add("--report", type=Path, help="only print the table of an existing JSON")
+    add("--plot", type=Path, help="with --report: also draw its timings into this PNG")
     args = parser.parse_args(argv)
     if args.smoke:
         args.width, args.heads, args.warmup, args.iters = 64, 4, 1, 2
@@ -674,7 +711,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.report:
-        print(markdown(json.loads(args.report.read_text())["records"]))
+        records = json.loads(args.report.read_text())["records"]
+        print(markdown(records))
+        if args.plot:
+            plot(records, args.plot)
         return
     if args.smoke:
         torch.set_num_threads(1)  # on a shared CPU, OpenMP spinning makes tiny cases 100× slower

@@ -76,9 +76,11 @@ def test_report_prints_the_table_of_a_json(tmp_path, capsys, monkeypatch):
         "workload": "w", "layer": "ours-local", "dtype": "bfloat16", "scope": "local",
         "kind": "ours", "status": "ok", "ms": 1.5, "ratio": {"TransformerConv": 0.5},
     }  # fmt: skip
-    path = tmp_path / "conv.json"
-    path.write_text(json.dumps({"environment": {}, "records": [record]}))
-    bench_conv.main(["--report", str(path)])
+    peer = {**record, "layer": "TransformerConv", "kind": "peer", "ms": 3.0, "ratio": {}}
+    path, png = tmp_path / "conv.json", tmp_path / "conv.png"
+    path.write_text(json.dumps({"environment": {}, "records": [record, peer]}))
+    bench_conv.main(["--report", str(path), "--plot", str(png)])
     printed = capsys.readouterr().out
     assert "| w | ours-local | bfloat16 | 1.500 |" in printed
     assert "TransformerConv 0.50×" in printed
+    assert png.stat().st_size > 5_000
