@@ -12,7 +12,7 @@ overflows int32 indexing past ~46k nodes). Two layouts, both returning ``pair id
 * :class:`HashLookup` — a cuckoo hash of the pair keys ``q * num_src + kv`` with three hash
   functions: six gathers, memory O(P) whatever the node order.
 
-:func:`build_pair_lookup` picks tiles when they cost at most ``TILE_BUDGET_PER_PAIR`` entries per
+:func:`lookup_kind` picks tiles when they cost at most ``TILE_BUDGET_PER_PAIR`` entries per
 pair, else the hash.
 """
 
@@ -128,6 +128,18 @@ def _multiply_shift(key: Tensor, multiplier: int | Tensor, shift: int, size: int
     return torch.remainder((key * multiplier) >> shift, size)
 
 
+def lookup_kind(kind: str, num_pairs: int, num_tiles: int, size: int) -> str:
+    """``'tiles'`` or ``'hash'``: ``kind`` itself, or for ``'auto'`` tiles unless their
+    ``(num_tiles + 1) * size²`` entries exceed ``TILE_BUDGET_PER_PAIR`` per pair (counting at
+    least 4096 pairs). Raises ``ValueError`` for an unknown ``kind``."""
+    if kind not in LOOKUPS:
+        raise ValueError(f"lookup must be one of {LOOKUPS}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    tile_entries = (num_tiles + 1) * size * size
+    return "tiles" if tile_entries <= TILE_BUDGET_PER_PAIR * max(num_pairs, 4096) else "hash"
+
+
 def build_pair_lookup(
     pair_index: Tensor,
     num_src: int,
@@ -139,17 +151,14 @@ def build_pair_lookup(
     size: int,
     kind: str = "auto",
 ) -> TileLookup | HashLookup:
-    """Choose and build the pair look-up of sorted unique pairs ``pair_index`` ([2, P]).
+    """Choose (:func:`lookup_kind`) and build the pair look-up of sorted unique pairs
+    ``pair_index`` ([2, P]).
 
     ``block_key``/``tile_of_pair`` come from the block lists the ``BlockMask`` is built from:
     the unique (q_block, kv_block) keys and the 1-based tile of each pair.
     """
-    if kind not in LOOKUPS:
-        raise ValueError(f"lookup must be one of {LOOKUPS}, got {kind!r}")
     src, dst = pair_index
-    if kind == "auto":
-        tile_entries = (num_tiles + 1) * size * size
-        kind = "tiles" if tile_entries <= TILE_BUDGET_PER_PAIR * max(src.numel(), 4096) else "hash"
+    kind = lookup_kind(kind, src.numel(), num_tiles, size)
     if kind == "hash":
         return HashLookup(dst * num_src + src, num_src)
     tile_of_block = torch.zeros(q_blocks * kv_blocks, dtype=torch.long, device=src.device)

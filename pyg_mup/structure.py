@@ -27,7 +27,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from pyg_mup.checks import check_batch, check_edge_index
 from pyg_mup.layout import LAYOUTS, packed_graph_starts, rcm_slots
-from pyg_mup.pair_lookup import HashLookup, TileLookup, build_pair_lookup
+from pyg_mup.pair_lookup import HashLookup, PairLookupFn, TileLookup, build_pair_lookup, lookup_kind
 
 MODES = ("local", "global")
 SINK_ROWS = 4096
@@ -49,7 +49,9 @@ class GraphStructure:
     * ``edge_index``: ``[2, E]`` the edges it was built from (used to detect a stale structure).
     * ``pair_index``: ``[2, P]`` unique (src, dst) slot pairs sorted by (dst, src).
     * ``edge_pair``: ``[E]`` the pair of each edge; ``pair_multiplicity``: ``[P]``.
-    * ``lookup``: tiles or hash answering ``(q, kv) -> pair id + 1`` (:mod:`pyg_mup.pair_lookup`).
+    * ``lookup``: tiles or hash answering ``(q, kv) -> pair id + 1`` (:mod:`pyg_mup.pair_lookup`),
+      of kind ``lookup_kind`` (chosen in :meth:`build`). Built on first use: message passing
+      without pair-dependent mods never reads it, and tiles of a large sparse graph take GBs.
     * ``node_graph``: ``[QB * B]`` graph of each slot, -1 for padding (global mode);
       ``graph_start``/``graph_size``: ``[G]`` first slot and node count of each graph.
     * ``flat_row``: ``[QB * B]`` (global mode): within-graph pair ``(q, kv)`` is entry
@@ -66,7 +68,6 @@ class GraphStructure:
     pair_index: Tensor
     edge_pair: Tensor
     pair_multiplicity: Tensor
-    lookup: TileLookup | HashLookup
     seq_src: int = 0
     seq_dst: int = 0
     node_slot: Tensor | None = None
@@ -80,6 +81,8 @@ class GraphStructure:
     flat_distance: Tensor | None = None
     pair_distance: Tensor | None = None
     _pair_blocks: tuple[Tensor, Tensor, Tensor] | None = field(default=None, repr=False)
+    _lookup_kind: str = field(default="tiles", repr=False)
+    _lookup: TileLookup | HashLookup | None = field(default=None, repr=False)
     _block_mask: BlockMask | None = field(default=None, repr=False)
     _attention_pairs: Tensor | None = field(default=None, repr=False)
 
@@ -163,22 +166,10 @@ class GraphStructure:
             key, sorted=True, return_inverse=True, return_counts=True
         )
         pair_index = torch.stack([unique_key % seq_src, unique_key // seq_src])
-        q_blocks, kv_blocks = _num_blocks(seq_dst, block_size), _num_blocks(seq_src, block_size)
+        kv_blocks = _num_blocks(seq_src, block_size)
         block_key = (pair_index[1] // block_size) * kv_blocks + pair_index[0] // block_size
-        unique_block, tile_of_pair, block_count = torch.unique(
-            block_key, sorted=True, return_inverse=True, return_counts=True
-        )
-        pair_lookup = build_pair_lookup(
-            pair_index,
-            seq_src,
-            unique_block,
-            tile_of_pair + 1,
-            unique_block.numel(),
-            q_blocks,
-            kv_blocks,
-            block_size,
-            lookup,
-        )
+        unique_block, block_count = torch.unique(block_key, sorted=True, return_counts=True)
+        kind = lookup_kind(lookup, pair_index.size(1), unique_block.numel(), block_size)
         pair_blocks = (unique_block // kv_blocks, unique_block % kv_blocks, block_count)
 
         structure = cls(
@@ -190,7 +181,6 @@ class GraphStructure:
             pair_index=pair_index,
             edge_pair=edge_pair,
             pair_multiplicity=multiplicity,
-            lookup=pair_lookup,
             seq_src=seq_src,
             seq_dst=seq_dst,
             node_slot=node_slot,
@@ -198,6 +188,7 @@ class GraphStructure:
             graph_size=graph_size,
             max_distance=max_distance,
             _pair_blocks=pair_blocks,
+            _lookup_kind=kind,
         )
         if node_slot is not None:
             structure.node_of_slot = torch.full((seq_dst,), -1, dtype=torch.long, device=device)
@@ -222,6 +213,19 @@ class GraphStructure:
         A few gathers; works on FlexAttention's scalar indices and on broadcast index tensors.
         """
         return self.lookup.fn()
+
+    def _pair_lookup_on_call(self) -> PairLookupFn:
+        """:meth:`pair_lookup`, or, while :attr:`lookup` is unbuilt, a function that builds it
+        on its first call: a mod that is made but never called (a layer's unused row index)
+        allocates nothing. FlexAttention reads :attr:`block_mask`, whose local ``mask_mod``
+        builds the look-up, before a compiled call traces the mod."""
+        if self._lookup is not None:
+            return self._lookup.fn()
+
+        def lookup_on_call(q: Tensor, kv: Tensor) -> Tensor:
+            return self.pair_lookup()(q, kv)
+
+        return lookup_on_call
 
     def distance_lookup(self) -> Callable[[Tensor, Tensor], Tensor]:
         """Return ``(q, kv) -> hop distance`` in ``[0, max_distance + 1]``."""
@@ -258,7 +262,7 @@ class GraphStructure:
                 return torch.remainder(flat_row[q] + kv, flat_size)
 
             return flat_index
-        pair_lookup, sink = self.pair_lookup(), self.num_pairs + 1
+        pair_lookup, sink = self._pair_lookup_on_call(), self.num_pairs + 1
 
         def pair_row(q: Tensor, kv: Tensor) -> Tensor:
             pair = pair_lookup(q, kv)
@@ -318,6 +322,18 @@ class GraphStructure:
         return same_graph
 
     # ---------------------------------------------------------------------- derived, lazily
+    @property
+    def lookup(self) -> TileLookup | HashLookup:
+        """The pair look-up of :meth:`pair_lookup`, built on first use (see the class doc)."""
+        if self._lookup is None:
+            self._lookup = self._build_lookup()
+        return self._lookup
+
+    @property
+    def lookup_kind(self) -> str:
+        """``'tiles'`` or ``'hash'``: the kind :attr:`lookup` has, known without building it."""
+        return self._lookup_kind
+
     @property
     def num_pairs(self) -> int:
         return self.pair_index.size(1)
@@ -448,6 +464,26 @@ class GraphStructure:
         edge_index = row[dst] + src
         table[edge_index] = torch.minimum(table[edge_index], pair_dist)
         self.flat_distance = table
+
+    def _build_lookup(self) -> TileLookup | HashLookup:
+        """The look-up :meth:`build` chose, from the pairs and the non-empty blocks it kept."""
+        size = self.block_size
+        q_blocks, kv_blocks = _num_blocks(self.seq_dst, size), _num_blocks(self.seq_src, size)
+        block_q, block_kv, _ = self._pair_blocks
+        unique_block = block_q * kv_blocks + block_kv  # sorted, as torch.unique returned it
+        src, dst = self.pair_index
+        tile_of_pair = torch.searchsorted(unique_block, (dst // size) * kv_blocks + src // size)
+        return build_pair_lookup(
+            self.pair_index,
+            self.seq_src,
+            unique_block,
+            tile_of_pair + 1,
+            unique_block.numel(),
+            q_blocks,
+            kv_blocks,
+            size,
+            self._lookup_kind,
+        )
 
     def block_mask_with(
         self, mask_mod: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]

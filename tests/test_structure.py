@@ -8,7 +8,8 @@ import pytest
 import torch
 from graphs import dense_distances, random_batch
 
-from pyg_mup import GraphStructure
+from pyg_mup import FlexGraphConv, GraphStructure
+from pyg_mup.pair_lookup import build_pair_lookup
 
 
 @pytest.fixture
@@ -56,6 +57,122 @@ def test_lookup_and_mask_match_dense(batch_graph, mode, block_size, lookup):
             rows = slice(block_row * block_size, (block_row + 1) * block_size)
             cols = slice(block_col * block_size, (block_col + 1) * block_size)
             assert expected[rows, cols].all()
+
+
+def _eager_lookup(structure, kind):
+    """The look-up as ``build`` made it before it was lazy: from ``torch.unique``'s inverse."""
+    size, pair_index = structure.block_size, structure.pair_index
+    q_blocks, kv_blocks = (-(-max(n, 1) // size) for n in (structure.seq_dst, structure.seq_src))
+    block_key = (pair_index[1] // size) * kv_blocks + pair_index[0] // size
+    unique_block, tile_of_pair = torch.unique(block_key, sorted=True, return_inverse=True)
+    return build_pair_lookup(
+        pair_index,
+        structure.seq_src,
+        unique_block,
+        tile_of_pair + 1,
+        unique_block.numel(),
+        q_blocks,
+        kv_blocks,
+        size,
+        kind,
+    )
+
+
+def _random_graph(num_nodes, num_edges, seed):
+    return torch.randint(
+        0, num_nodes, (2, num_edges), generator=torch.Generator().manual_seed(seed)
+    )
+
+
+@pytest.mark.parametrize(
+    ("graph", "build", "expected_kind"),
+    [
+        ("batch", {"mode": "local", "block_size": 16, "lookup": "tiles"}, "tiles"),
+        ("batch", {"mode": "local", "block_size": 16, "lookup": "hash"}, "hash"),
+        ("batch", {"mode": "global", "block_size": 128, "lookup": "hash"}, "hash"),
+        ("batch", {"mode": "local", "layout": "rcm", "block_size": 16}, "tiles"),  # auto
+        ("random", {"block_size": 128}, "hash"),  # auto: ~one tile per pair is over budget
+        ("bipartite", {"block_size": 8, "lookup": "tiles"}, "tiles"),
+    ],
+)
+def test_lazy_lookup_equals_the_eager_one(batch_graph, graph, build, expected_kind):
+    """Built on first read, the look-up is the one ``build`` used to make: same kind, same
+    tables, same answers on every pair (edge pairs and the rest)."""
+    if graph == "batch":
+        x, edge_index, batch = batch_graph
+        num_nodes = x.size(0)
+    elif graph == "random":
+        num_nodes, batch = 20_000, None
+        edge_index = _random_graph(num_nodes, 5000, 1)
+    else:
+        num_nodes, batch = (13, 6), None
+        edge_index = torch.stack([_random_graph(13, 30, 2)[0], _random_graph(6, 30, 3)[0]])
+    structure = GraphStructure.build(edge_index, num_nodes, batch, **build)
+    assert structure._lookup is None and structure.lookup_kind == expected_kind
+    eager = _eager_lookup(structure, build.get("lookup", "auto"))
+
+    lazy = structure.lookup
+    assert lazy is structure.lookup  # cached
+    assert lazy.kind == eager.kind == expected_kind
+    # (a hash's slot table may differ: parallel cuckoo insertion lets any of the keys that
+    # claim one slot win it, in eager builds too)
+    names = ("tile_of_block", "tiles") if expected_kind == "tiles" else ("keys",)
+    for name in names:
+        assert torch.equal(getattr(lazy, name), getattr(eager, name)), name
+    src, dst = structure.pair_index
+    pair_id = torch.arange(1, structure.num_pairs + 1)
+    assert torch.equal(lazy.fn()(dst, src), pair_id)
+    if graph == "random":  # the edge pairs, then pairs that are mostly not edges
+        q, kv = torch.cat([torch.stack([dst, src]), _random_graph(num_nodes, 20_000, 4)], 1)
+    else:
+        q, kv = _all_pairs(max(structure.seq_dst, structure.seq_src))
+        q, kv = q.clamp(max=structure.seq_dst - 1), kv.clamp(max=structure.seq_src - 1)
+    answers = lazy.fn()(q, kv)
+    assert torch.equal(answers, eager.fn()(q, kv))
+    assert 0 < int((answers == 0).sum()) < answers.numel()
+
+
+def test_message_passing_without_pair_mods_never_builds_the_lookup():
+    """A local layer without edge features, gates or parallel edges reads no pair ids: message
+    passing runs over ``attention_pairs``, so the look-up (GBs of tiles on a large sparse graph)
+    is never allocated. Any pair-dependent use builds it on first call, with the same result."""
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(5))
+    edge_index = _random_graph(300, 1200, 5)
+    edge_index = torch.unique(edge_index[1] * 300 + edge_index[0])  # no parallel edges
+    edge_index = torch.stack([edge_index % 300, edge_index // 300])
+    torch.manual_seed(5)
+    conv = FlexGraphConv(8, 4, heads=2, backend="message_passing")
+    structure = GraphStructure.build(edge_index, 300, block_size=16)
+    assert not structure.has_parallel_edges
+    x.requires_grad_(True)
+    conv(x, edge_index, structure=structure).square().sum().backward()
+    assert structure._lookup is None
+    assert x.grad is not None and conv.lin_query.weight.grad is not None
+    assert structure.lookup_kind == "tiles" and structure._lookup is None
+
+    # a pair-dependent mod (the edge bias) builds it when called, and gives what a prebuilt
+    # look-up gives
+    edged = FlexGraphConv(8, 4, heads=2, edge_dim=3, backend="message_passing")
+    edge_attr = torch.randn(edge_index.size(1), 3)
+    lazy = GraphStructure.build(edge_index, 300, block_size=16)
+    prebuilt = GraphStructure.build(edge_index, 300, block_size=16)
+    prebuilt.lookup  # noqa: B018
+    with torch.no_grad():
+        out = edged(x, edge_index, edge_attr, structure=lazy)
+        assert lazy._lookup is not None
+        assert torch.equal(out, edged(x, edge_index, edge_attr, structure=prebuilt))
+    # the structure's own mask needs it too
+    masked = GraphStructure.build(edge_index, 300, block_size=16)
+    masked.block_mask  # noqa: B018
+    assert masked._lookup is not None
+    # global mode reads flat per-graph tables, never pair ids, whatever the layer's inputs
+    batch = torch.arange(300) // 50
+    within = edge_index[:, edge_index[0] // 50 == edge_index[1] // 50]
+    glob = GraphStructure.build(within, 300, batch, mode="global", max_distance=2)
+    conv = FlexGraphConv(8, 4, heads=2, mode="global", edge_dim=3, max_distance=2)
+    conv(x, within, torch.randn(within.size(1), 3), batch=batch, structure=glob).sum().backward()
+    glob.block_mask  # noqa: B018
+    assert glob._lookup is None
 
 
 def test_multiplicity_counts_parallel_edges():
@@ -120,7 +237,8 @@ def test_empty_graph_and_no_edges():
 
 LARGE_GRAPH_SCRIPT = """
 import json, resource, time, torch
-from pyg_mup import GraphStructure
+from pyg_mup import FlexGraphConv, GraphStructure
+from pyg_mup.pair_lookup import build_pair_lookup
 n, e = 200_000, 1_000_000
 edge_index = torch.randint(0, n, (2, e), generator=torch.Generator().manual_seed(0))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
