@@ -235,15 +235,17 @@ class DenseGlobal(nn.Module):
 
 
 def build_structure(
-    graph: Graph, mode: str, args, layout: str | None = None
+    graph: Graph, mode: str, args, layout: str | None = None, flex: bool = True
 ) -> tuple[GraphStructure, float]:
-    """Ours: ``GraphStructure.build`` + ``.block_mask`` (median ms of 3 after a warm-up)."""
+    """Ours: ``GraphStructure.build`` + ``.block_mask`` if ``flex`` (message passing reads no
+    block mask), median ms of 3 after a warm-up."""
     batch = graph.batch if mode == "global" else None
     options = dict(mode=mode, block_size=args.block_size, **({"layout": layout} if layout else {}))
 
     def build() -> GraphStructure:
         structure = GraphStructure.build(graph.edge_index, graph.x.size(0), batch, **options)
-        structure.block_mask  # noqa: B018  (built lazily: part of the cost)
+        if flex:
+            structure.block_mask  # noqa: B018  (built lazily: part of the cost)
         return structure
 
     return timed_call(build, args.device, 1 if args.smoke else 3)
@@ -304,9 +306,10 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
         info = dict(build_ms=build_ms, blocks=blocks_of(mask))
         return NaiveFlex(conv, mask), Ours(reference, graph, structure, False), info
     layout = next((name for suffix, name in LAYOUTS.items() if layer.endswith(suffix)), None)
-    structure, build_ms = build_structure(graph, mode, args, layout)
-    info = dict(build_ms=build_ms, blocks=blocks_of(structure.block_mask))
-    info["lookup"] = structure.lookup.kind
+    structure, build_ms = build_structure(graph, mode, args, layout, flex=backend == "flex")
+    info = dict(build_ms=build_ms, block_density=structure.block_density)
+    if backend == "flex":
+        info.update(blocks=blocks_of(structure.block_mask), lookup=structure.lookup_kind)
     return Ours(conv, graph, structure, edges), Ours(reference, graph, structure, edges), info
 
 

@@ -191,11 +191,14 @@ class MuPFlexAttention(MessagePassing):
         query = structure.to_slots(self.lin_query(x_dst).view(-1, heads, channels))
         key = structure.to_slots(self.lin_key(x_src).view(-1, heads, channels))
         value = structure.to_slots(self.lin_value(x_src).view(-1, heads, channels))
+        use_flex = not need_weights and self._resolve_backend(query, structure) == "flex"
+        if use_flex:  # the block mask before the mods: in local mode it builds the pair look-up,
+            structure.block_mask  # noqa: B018  so the mods capture its tensors, not lazy code
         score_mod = self.score_mod(structure, **inputs)
         mask_mod = self.mask_mod(structure, **inputs)
 
         alpha = None
-        if need_weights or self._resolve_backend(query, structure) == "message_passing":
+        if not use_flex:
             out, alpha = self._message_passing(query, key, value, structure, score_mod, mask_mod)
         else:
             if self.training and self.dropout > 0:
