@@ -27,16 +27,32 @@ per attention mode (on CUDA: message passing for sparse local blocks, FlexAttent
 ones; always message passing on CPU). A model that fails (out of memory, compile
 error) is recorded with its error and the next one runs; the JSON is rewritten after each.
 
+``--profile N``: after a model's timed pass (never inside it), N more steps under
+``torch.profiler`` with ranges around the phases of a step (loader, ``batch_to_device``,
+``forward``, ``loss``, ``backward``, ``optimizer``) and, inside the forward, around our structure
+build (``structures``) and each model's attention by kind (``attention_local``,
+``attention_global``), so ours and the peers compare branch for branch. The record's
+``profile`` holds, per step: synced wall time, CPU and device ms per range, the top device
+kernels and self-CPU ops, device busy time (summed kernel time) against wall time (a small
+fraction: the step is host-bound, waiting on launches or syncs), and the synchronizations and
+device-to-host copies. Why: ``ours-both`` took 2.6× GPS's step time on an H200 while our
+global layer alone is a few ms; one short GPU call must tell where the rest goes.
+``--trace-dir DIR`` also writes each model's Chrome trace of those steps (``DIR/<model>.json.gz``).
+
 Usage (from the repository root; ``--root`` holds ``ogbg_molhiv/`` in OGB's layout)::
 
     python benchmarks/bench_train.py --root shared_data --dtype bfloat16 \\
         --out benchmarks/results/train_h200_bf16.json
+    python benchmarks/bench_train.py --root shared_data --dtype bfloat16 --profile 10 \\
+        --trace-dir benchmarks/results/traces --out benchmarks/results/train_h200_profile.json
     python benchmarks/bench_train.py --smoke --out /tmp/train_smoke.json   # CPU, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import datetime
 import gc
 import json
@@ -46,7 +62,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,6 +71,8 @@ import torch._dynamo
 import torch_geometric
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, record_function
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GPSConv, TransformerConv, global_mean_pool
@@ -70,6 +89,14 @@ EDGE_CHANNELS = 32  # GraphTransformer's default edge_channels, shared by every 
 MODELS = ("ours-both", "gps", "ours-local", "transformerconv")
 PEERS = {"ours-both": "gps", "ours-local": "transformerconv"}
 SMOKE_DATASET = "ogbg-molesol"  # shipped with the package: the smoke run needs no data folder
+# --profile's ranges: the phases of a step, then the calls inside the forward
+RANGES = (
+    "loader", "batch_to_device", "forward", "loss", "backward", "optimizer",
+    "structures", "attention_local", "attention_global",
+)  # fmt: skip
+# runtime calls that block the host until the device catches up (cudaMemcpy: the blocking copy)
+SYNCS = {"cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
+TOP = 15  # kernels and CPU ops listed per profile
 
 
 # -------------------------------------------------------------------------------------- models
@@ -254,6 +281,158 @@ def run_steps(
     return dict(seconds=seconds, graphs=graphs, loader_s=loader_s, step_ms=step_ms, loss=last)
 
 
+# ------------------------------------------------------------------------------------ profiling
+def no_range(name: str) -> contextlib.AbstractContextManager:
+    """The timed steps' stand-in for ``record_function``: no range, no profiler cost."""
+    return contextlib.nullcontext()
+
+
+def profiled_calls(model: nn.Module) -> list[tuple[object, str, str]]:
+    """``(owner, attribute, range)`` for the calls a profile marks inside the forward: our
+    structure build and, in every model, attention by kind (ours: ``FlexGraphConv`` per mode;
+    GPS: ``TransformerConv`` local, ``MultiheadAttention`` global)."""
+    if isinstance(model, GraphTransformer):
+        calls = [(model, "structures", "structures")]
+        for block in model.blocks:
+            calls += [(conv, "forward", f"attention_{mode}") for mode, conv in block.attn.items()]
+        return calls
+    if isinstance(model, GPS):
+        return [(conv.conv, "forward", "attention_local") for conv in model.convs] + [
+            (conv.attn, "forward", "attention_global") for conv in model.convs
+        ]
+    return [(block.conv, "forward", "attention_local") for block in model.blocks]
+
+
+@contextlib.contextmanager
+def ranges_around(calls: list[tuple[object, str, str]]) -> Iterator[None]:
+    """Shadow each ``owner.attribute`` with an instance attribute that calls it inside a
+    ``record_function`` range, and remove the shadows on exit: the ranges reach into
+    ``GraphTransformer.forward`` without editing ``pyg_mup``, and only the profiled steps pay
+    for them."""
+
+    def ranged(call: Callable, name: str) -> Callable:
+        def wrapper(*args, **kwargs):
+            with record_function(name):
+                return call(*args, **kwargs)
+
+        return wrapper
+
+    for owner, attribute, name in calls:
+        setattr(owner, attribute, ranged(getattr(owner, attribute), name))
+    try:
+        yield
+    finally:
+        for owner, attribute, _ in calls:
+            delattr(owner, attribute)
+
+
+def profile_steps(
+    step: Callable[..., Tensor],
+    batches: Iterable[Batch],
+    device: torch.device,
+    steps: int,
+    calls: list[tuple[object, str, str]],
+    trace: Path | None,
+) -> dict:
+    """Up to ``steps`` training steps under ``torch.profiler`` (CPU, plus CUDA on a GPU), each
+    phase in a range; the Chrome trace goes to ``trace`` if given. Returns the ``profile``
+    record: the synced wall time of the steps (profiler overhead included: compare it with the
+    timed median), dynamo compiles during them (a compile would swamp the profile), and
+    :func:`summarize`'s per-step breakdown."""
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    iterator, done, before = iter(batches), 0, compiled_graphs()
+    with ranges_around(calls), torch.profiler.profile(activities=activities) as prof:
+        sync(device)
+        start = time.perf_counter()
+        while done < steps:
+            with record_function("loader"):
+                batch = next(iterator, None)
+            if batch is None:
+                break
+            step(batch, record_function)
+            done += 1
+        sync(device)
+        wall_s = time.perf_counter() - start
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))  # gzipped: '.gz' (tens of MB as plain JSON)
+    wall_ms = wall_s * 1e3 / max(done, 1)
+    profile = dict(steps=done, wall_ms_per_step=wall_ms, compiles=compiled_graphs() - before)
+    profile.update(summarize(prof.events(), max(done, 1), cuda))
+    busy = profile["device_busy_ms_per_step"]
+    profile["device_busy_fraction"] = busy / wall_ms if busy is not None else None
+    return profile
+
+
+def summarize(events: list, steps: int, cuda: bool) -> dict:
+    """Per step, from the profiler's events: for each range in :data:`RANGES` that ran, its
+    calls, CPU ms (wall time on the host between its ends) and device ms (kernels launched
+    while it was open, on any thread: backward runs on autograd's device thread); the
+    :data:`TOP` device kernels by total time and CPU ops by self time; and on CUDA the device
+    busy time (all kernel, copy and memset time summed), device ops, synchronizing runtime
+    calls (:data:`SYNCS`) with the host time blocked in them, and device-to-host copies. Device
+    fields are ``None`` on CPU, where no device activity is profiled."""
+    per_step = lambda us: us / 1e3 / steps  # noqa: E731 (profiler µs in total → ms per step)
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    # the device side of a record_function range mirrors it as an annotation: not a kernel
+    device = [e for e in events if e.device_type != DeviceType.CPU and not e.is_user_annotation]
+
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for event in host:
+        if event.name in RANGES:
+            spans[event.name].append((event.time_range.start, event.time_range.end))
+    launched: dict[str, float] = defaultdict(float)  # µs of kernels launched inside each range
+    for intervals in spans.values():
+        intervals.sort()
+    starts = {name: [start for start, _ in intervals] for name, intervals in spans.items()}
+    for event in host:  # an op owns the kernels it launched (its range's annotation excluded)
+        kernel_us = sum(k.duration for k in event.kernels if k.name != event.name)
+        if not kernel_us:
+            continue
+        for name, intervals in spans.items():
+            i = bisect.bisect_right(starts[name], event.time_range.start) - 1
+            if i >= 0 and event.time_range.start <= intervals[i][1]:
+                launched[name] += kernel_us
+    ranges = {
+        name: dict(
+            calls_per_step=len(spans[name]) / steps,
+            cpu_ms_per_step=per_step(sum(end - start for start, end in spans[name])),
+            device_ms_per_step=per_step(launched[name]) if cuda else None,
+        )
+        for name in RANGES
+        if name in spans
+    }
+
+    def top(totals: dict[str, list[float]], field: str) -> list[dict]:
+        ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:TOP]
+        return [
+            {"name": name[:120], field: per_step(us), "calls_per_step": calls / steps}
+            for name, (us, calls) in ranked
+        ]
+
+    kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in device:
+        kernels[event.name][0] += event.time_range.elapsed_us()
+        kernels[event.name][1] += 1
+    ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in host:
+        ops[event.name][0] += event.self_cpu_time_total
+        ops[event.name][1] += 1
+    syncs = [e for e in host if e.name in SYNCS]
+    dtoh = [e for e in device if e.name.startswith("Memcpy DtoH")]
+    return dict(
+        ranges=ranges,
+        top_device_kernels=top(kernels, "ms_per_step"),
+        top_cpu_ops=top(ops, "self_cpu_ms_per_step"),
+        device_busy_ms_per_step=per_step(sum(k[0] for k in kernels.values())) if cuda else None,
+        device_ops_per_step=len(device) / steps if cuda else None,
+        syncs_per_step=len(syncs) / steps if cuda else None,
+        sync_ms_per_step=per_step(sum(e.time_range.elapsed_us() for e in syncs)) if cuda else None,
+        dtoh_copies_per_step=len(dtoh) / steps if cuda else None,
+    )
+
+
 def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     """Build, warm up and time one model; returns the fields of its record."""
     device, cuda = args.device, args.device.type == "cuda"
@@ -265,15 +444,25 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     objective = Objective(data.task, data.dataset.y[data.split_idx["train"]])
     bf16 = args.dtype == "bfloat16"
 
-    def step(batch: Batch) -> Tensor:
-        batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    def step(
+        batch: Batch, phase: Callable[[str], contextlib.AbstractContextManager] = no_range
+    ) -> Tensor:
+        """One training step; ``phase`` opens a named range around each part (``--profile``
+        passes ``record_function``; the timed passes keep the no-op default). Zeroing the
+        gradients stays before the backward, as timed: ``optimizer`` is two ranges a step."""
+        with phase("batch_to_device"):
+            batch = batch.to(device)
+        with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
-        loss_sum, count = objective.loss_terms(pred.float(), batch.y)
-        loss = loss_sum / count.clamp(min=1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with phase("loss"):
+            loss_sum, count = objective.loss_terms(pred.float(), batch.y)
+            loss = loss_sum / count.clamp(min=1)
+        with phase("optimizer"):
+            optimizer.zero_grad(set_to_none=True)
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            optimizer.step()
         return loss.detach()
 
     loader = train_loader(data, args)
@@ -297,6 +486,14 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
         compiles_timed=compiled_graphs() - before, final_loss=timed["loss"],
         peak_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     )  # fmt: skip
+    if args.profile:
+        trace = args.trace_dir / f"{name}.json.gz" if args.trace_dir else None
+        try:  # a diagnostic: its failure must not cost the timings above
+            record["profile"] = profile_steps(
+                step, loader, device, args.profile, profiled_calls(model), trace
+            )
+        except Exception as error:
+            record["profile"] = dict(error=f"{type(error).__name__}: {error}"[:2000])
     return record
 
 
@@ -339,6 +536,46 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def profile_markdown(records: list[dict]) -> str:
+    """``--profile``'s summary: per model, wall against device-busy ms per step, syncs, and
+    each range's CPU/device ms per step (CPU alone without a GPU); then each model's five
+    heaviest device kernels and self-CPU ops."""
+    profiles = [(r["model"], r["profile"]) for r in records if "profile" in r]
+    fmt = lambda value, spec: "" if value is None else format(value, spec)  # noqa: E731
+
+    def pair(timing: dict | None) -> str:
+        if timing is None:
+            return ""
+        device = fmt(timing["device_ms_per_step"], ".2f")
+        return f"{timing['cpu_ms_per_step']:.2f}" + (f"/{device}" if device else "")
+
+    lines = [
+        "| model | wall ms | device busy ms | busy | syncs | device ops | "
+        + " | ".join(RANGES) + " |",
+        "|---|" + "---:|" * (5 + len(RANGES)),
+    ]  # fmt: skip
+    notes = []
+    for model, p in profiles:
+        if "error" in p:
+            notes.append(f"- {model}: profile failed: {p['error'].splitlines()[0][:200]}")
+            continue
+        cells = [pair(p["ranges"].get(name)) for name in RANGES]
+        lines.append(
+            f"| {model} | {p['wall_ms_per_step']:.2f} | {fmt(p['device_busy_ms_per_step'], '.2f')}"
+            f" | {fmt(p['device_busy_fraction'], '.0%')} | {fmt(p['syncs_per_step'], '.1f')}"
+            f" | {fmt(p['device_ops_per_step'], '.0f')} | " + " | ".join(cells) + " |"
+        )
+        for title, items, field in (
+            ("device kernels", p["top_device_kernels"], "ms_per_step"),
+            ("self-CPU ops", p["top_cpu_ops"], "self_cpu_ms_per_step"),
+        ):
+            if items:
+                heaviest = "; ".join(f"{i['name'][:60]} {i[field]:.2f}" for i in items[:5])
+                notes.append(f"- {model} {title} (ms/step): {heaviest}")
+    legend = "per step; each range: CPU ms/device ms (kernels launched inside it)"
+    return "\n".join([legend, *lines, "", *notes])
+
+
 def write_json(path: Path, env: dict, records: list[dict]) -> None:
     """Rewrite ``path`` atomically (a temporary file, then ``os.replace``)."""
     ratios = add_ratios(records)
@@ -371,6 +608,7 @@ def environment(args: argparse.Namespace, data: OGBData) -> dict:
         layers=args.layers, heads=args.heads, edge_channels=EDGE_CHANNELS,
         batch_size=args.batch_size, lr=args.lr, optimizer="AdamW", seed=args.seed,
         warmup_steps=args.warmup_steps, max_steps=args.max_steps, num_workers=args.num_workers,
+        profile_steps=args.profile,
         recompile_limit=getattr(torch._dynamo.config, "recompile_limit", None),
     )  # fmt: skip
 
@@ -400,7 +638,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup-steps", type=int, default=20, help="untimed steps (compiles included)")
     add("--max-steps", type=int, help="timed steps (default: one pass over the split)")
     add("--num-workers", type=int, default=0, help="DataLoader workers (pyg-mup train's default)")
+    add("--profile", type=int, default=0, metavar="N",
+        help="after each timed pass, N steps under torch.profiler (default 0: none)")  # fmt: skip
+    add("--trace-dir", type=Path, help="with --profile: write DIR/<model>.json.gz Chrome traces")
     args = parser.parse_args(argv)
+    if args.trace_dir and not args.profile:
+        parser.error("--trace-dir needs --profile N")
     if args.smoke:
         args.dataset, args.root = SMOKE_DATASET, None
         args.width, args.layers, args.heads, args.batch_size = 32, 1, 2, 16
@@ -439,6 +682,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {record['status']} {rate_note}", file=sys.stderr)
         write_json(args.out, env, records)
     print(markdown(records))
+    if args.profile:
+        print("\n" + profile_markdown(records))
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 

@@ -2,15 +2,22 @@
 
 The smoke run trains every model a few steps on ``ogbg-molesol``, shipped with the package. What
 it asserts is the shape of the results, never how fast: speed is what the benchmark measures.
+``--profile`` gets a smoke run of its own, and its CUDA bookkeeping (which no CPU run reaches)
+a check on hand-made profiler events.
 """
 
+import gzip
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_train.py"
@@ -32,9 +39,10 @@ bench.main(sys.argv[2:])
 """
 
 
-def test_smoke_run_writes_well_formed_json(tmp_path):
+def smoke(tmp_path: Path, *options: str) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run the script with ``--smoke`` and ``options``; its JSON and the finished process."""
     out = tmp_path / "results" / "train.json"
-    command = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)]
+    command = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), *options]
     result = subprocess.run(
         [*command, "--cache-dir", str(tmp_path / "cache")],
         cwd=tmp_path,  # the script must not depend on the working directory
@@ -43,8 +51,11 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         timeout=600,  # a hang guard, not a speed check
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text()), result
 
-    data = json.loads(out.read_text())
+
+def test_smoke_run_writes_well_formed_json(tmp_path):
+    data, result = smoke(tmp_path)
     env, records = data["environment"], data["records"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["smoke"]
     assert env["dataset"] == "ogbg-molesol"
@@ -59,6 +70,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         assert record["graphs"] > 0 and record["median_step_ms"] > 0
         assert math.isfinite(record["final_loss"])
         assert record["compiles_warmup"] >= 0 and record["compiles_timed"] >= 0
+        assert "profile" not in record  # profiling only on request
     by_model = {r["model"]: r for r in records}
     assert by_model["ours-both"]["width"] == by_model["gps"]["width"] == env["width"]
     assert by_model["ours-local"]["width"] == by_model["transformerconv"]["width"]
@@ -69,6 +81,88 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
 
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == len(records) + 1  # header + one line per model
+
+
+def test_profile_records_ranges_and_top_ops(tmp_path):
+    traces = tmp_path / "traces"
+    models = ["ours-both", "transformerconv"]
+    options = ["--models", *models, "--profile", "2", "--trace-dir", str(traces)]
+    data, result = smoke(tmp_path, *options)
+    assert data["environment"]["profile_steps"] == 2
+    for record in data["records"]:
+        profile = record["profile"]
+        assert "error" not in profile, profile.get("error")
+        assert profile["steps"] == 2 and profile["wall_ms_per_step"] > 0
+        assert profile["compiles"] >= 0
+        expected = {"loader", "batch_to_device", "forward", "loss", "backward", "optimizer"}
+        expected |= {"structures", "attention_global"} if record["model"] == "ours-both" else set()
+        assert expected | {"attention_local"} == set(profile["ranges"])
+        for name, timing in profile["ranges"].items():
+            assert timing["calls_per_step"] >= 1 and timing["cpu_ms_per_step"] > 0, name
+            assert timing["device_ms_per_step"] is None  # CPU run: no device activity
+        assert profile["ranges"]["optimizer"]["calls_per_step"] == 2  # zero_grad, step
+        ops = profile["top_cpu_ops"]
+        assert 0 < len(ops) <= 15 and all(op["self_cpu_ms_per_step"] >= 0 for op in ops)
+        assert profile["top_device_kernels"] == [] and profile["device_busy_ms_per_step"] is None
+        trace = json.loads(gzip.decompress((traces / f"{record['model']}.json.gz").read_bytes()))
+        assert trace["traceEvents"]
+    summary = result.stdout.split("per step; each range")[1].splitlines()
+    rows = [line.split(" | ")[0] for line in summary if line.startswith("| ")]
+    assert rows == ["| model", *(f"| {model}" for model in models)]  # header + one per model
+
+
+def test_trace_dir_needs_profile(tmp_path):
+    command = [sys.executable, str(SCRIPT), "--smoke", "--trace-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--trace-dir needs --profile" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def event(name, start, end, thread=1, device=DeviceType.CPU, kernels=(), annotation=False):
+    """A profiler event as ``prof.events()`` holds them (µs since the trace began)."""
+    made = FunctionEvent(
+        id=0, name=name, thread=thread, start_us=start, end_us=end, use_device="cuda",
+        device_type=device, is_user_annotation=annotation,
+    )  # fmt: skip
+    for kernel, duration in kernels:
+        made.append_kernel(kernel, 0, duration)
+    return made
+
+
+def test_summarize_attributes_kernels_to_the_ranges_that_launched_them(bench):
+    cuda = DeviceType.CUDA
+    events = [
+        # forward: its range carries its own device annotation, which is no kernel
+        event("forward", 0, 100, kernels=[("forward", 90)]),
+        event("aten::mm", 10, 20, kernels=[("gemm", 5)]),
+        event("backward", 100, 200),
+        event("aten::mm", 120, 130, thread=2, kernels=[("gemm", 7)]),  # autograd's thread
+        event("aten::_local_scalar_dense", 150, 165, kernels=[("Memcpy DtoH (Device)", 1)]),
+        event("cudaStreamSynchronize", 152, 162),
+        event("gemm", 30, 35, device=cuda),
+        event("gemm", 140, 147, device=cuda),
+        event("Memcpy DtoH (Device)", 151, 152, device=cuda),
+        event("forward", 0, 100, device=cuda, annotation=True),
+    ]
+    summary = bench.summarize(events, steps=1, cuda=True)
+    ranges = summary["ranges"]
+    assert set(ranges) == {"forward", "backward"}
+    assert ranges["forward"] == dict(calls_per_step=1, cpu_ms_per_step=0.1, device_ms_per_step=5e-3)
+    assert ranges["backward"]["device_ms_per_step"] == pytest.approx(8e-3)  # gemm + copy
+    assert summary["device_busy_ms_per_step"] == pytest.approx(13e-3)
+    assert summary["top_device_kernels"][0] == dict(
+        name="gemm", ms_per_step=pytest.approx(12e-3), calls_per_step=2
+    )
+    assert summary["device_ops_per_step"] == 3 and summary["dtoh_copies_per_step"] == 1
+    assert summary["syncs_per_step"] == 1 and summary["sync_ms_per_step"] == pytest.approx(0.01)
+    assert summary["top_cpu_ops"][0]["name"] == "forward"  # no children linked: all self time
 
 
 def test_a_failing_model_is_recorded_and_the_others_run(tmp_path):
