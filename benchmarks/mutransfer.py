@@ -46,9 +46,11 @@ PARAMETRIZATIONS = {"sp": False, "mup": True}
 LABELS = {"sp": "SP", "mup": "μP"}
 SHARED_SETTINGS = (
     "dataset", "layers", "heads", "batch_size", "train_graphs", "epochs", "warmup_steps",
-    "weight_decay", "clip_grad", "base_width", "attention",
+    "weight_decay", "clip_grad", "base_width", "attention", "dropout", "lr_schedule",
 )  # fmt: skip
 """Settings every piece of a combined sweep must share."""
+LATER_SETTINGS = {"attention": "local", "dropout": 0.0, "lr_schedule": "constant"}
+"""Settings added after some sweeps were recorded, with the value those sweeps ran with."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def run_config(args: argparse.Namespace, run: Run, out: Path) -> TrainConfig:
         out=str(out),
         overwrite=True,
         epochs=args.epochs,
+        eval_every=args.epochs,  # a run records the validation metric of its last epoch only
         batch_size=args.batch_size,
         max_samples=args.train_graphs,
         width=run.width,
@@ -78,7 +81,9 @@ def run_config(args: argparse.Namespace, run: Run, out: Path) -> TrainConfig:
         attention=args.attention,
         lr=2.0**run.log2_lr,
         weight_decay=args.weight_decay,
+        dropout=args.dropout,
         warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
         clip_grad=args.clip_grad,
         seed=run.seed,
         mup=PARAMETRIZATIONS[run.param],
@@ -231,6 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     parser.add_argument("--clip-grad", type=float, default=0.0, help="0: no clipping")
     parser.add_argument("--workers", type=int, default=2, help="runs side by side")
     parser.add_argument("--tag", default="cpu")
@@ -262,7 +269,7 @@ def combine(paths: list[Path], out: Path, tag: str) -> dict[str, Any]:
     parts = [json.loads(path.read_text()) for path in paths]
     config = dict(parts[0]["config"])
     for path, part in zip(paths[1:], parts[1:], strict=True):
-        differ = [k for k in SHARED_SETTINGS if part["config"].get(k) != config.get(k)]
+        differ = [k for k in SHARED_SETTINGS if _setting(part["config"], k) != _setting(config, k)]
         if differ:
             raise ValueError(f"{path} differs from {paths[0]} in {', '.join(differ)}")
     runs = [run for part in parts for run in part["runs"]]
@@ -281,6 +288,10 @@ def combine(paths: list[Path], out: Path, tag: str) -> dict[str, Any]:
     path.write_text(json.dumps(result, indent=1))
     plot(result, path.with_suffix(".png"))
     return result
+
+
+def _setting(config: dict[str, Any], key: str) -> Any:
+    return config.get(key, LATER_SETTINGS.get(key))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -134,6 +134,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser, with_defaults: bool) -
         type=int,
         help="graphs (or nodes) per evaluation batch and process (default: %(default)s)",
     )
+    add(
+        "--eval-every",
+        default=d.eval_every,
+        type=int,
+        metavar="K",
+        help="evaluate every K epochs and after the last (default: %(default)s)",
+    )
     add("--lr", default=d.lr, type=float, help="base learning rate (default: %(default)s)")
     add("--weight-decay", default=d.weight_decay, type=float, help="(default: %(default)s)")
     add(

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "mutransfer.py"
 
@@ -74,3 +76,15 @@ def test_smoke_sweep_writes_json_and_png(tmp_path):
     assert combined["runs"] == runs
     assert json.dumps(combined["summary"]) == json.dumps(out["summary"])
     assert (tmp_path / "combined" / "mutransfer_both.png").is_file()
+
+    # Pieces must agree on what a run means; a setting recorded only by later sweeps counts at
+    # the value the earlier ones ran with.
+    older = json.loads(pieces[0].read_text())
+    del older["config"]["dropout"]
+    pieces[0].write_text(json.dumps(older))
+    assert mutransfer.combine(pieces, tmp_path / "combined", "both")["runs"] == runs
+    other = json.loads(pieces[1].read_text())
+    other["config"]["dropout"] = 0.1
+    pieces[1].write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"differs .* in dropout"):
+        mutransfer.combine(pieces, tmp_path / "combined", "both")

@@ -192,3 +192,15 @@ def test_cosine_schedule_refuses_to_change_epochs_on_resume(tmp_path):
     train(config(tmp_path, epochs=1, max_samples=64, lr_schedule="cosine"))
     with pytest.raises(ValueError, match="--lr-schedule cosine decays over exactly those"):
         train(config(tmp_path, epochs=2, resume=True))
+
+
+def test_eval_every_skips_evaluation_but_not_the_last_epoch(tmp_path):
+    train(config(tmp_path / "every", epochs=3, max_samples=64))
+    summary = train(config(tmp_path / "sparse", epochs=3, max_samples=64, eval_every=2))
+    every = read_metrics(tmp_path / "every" / "run" / "metrics.jsonl")
+    sparse = read_metrics(tmp_path / "sparse" / "run" / "metrics.jsonl")
+    assert [r["valid"] is None for r in sparse] == [True, False, False]
+    assert [r["train_loss"] for r in sparse] == [r["train_loss"] for r in every]
+    assert [r["valid"] for r in sparse[1:]] == [r["valid"] for r in every[1:]]
+    assert summary["final_valid"] == every[-1]["valid"]
+    assert summary["best_epoch"] in (2, 3)

@@ -28,6 +28,7 @@ RESUMABLE = frozenset(
         "root",
         "cache_dir",
         "eval_batch_size",
+        "eval_every",
     }
 )
 """Settings that may differ between a run and its resumption (none changes the results)."""
@@ -53,6 +54,7 @@ class TrainConfig:
     epochs: int = 60
     batch_size: int = 64
     eval_batch_size: int = 256
+    eval_every: int = 1
     width: int = 128
     layers: int = 4
     heads: int = 4
@@ -83,7 +85,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work."""
-        positive = ("epochs", "batch_size", "eval_batch_size", "width", "layers", "heads")
+        positive = ("epochs", "batch_size", "eval_batch_size", "eval_every", "width", "layers")
+        positive += ("heads",)
         for name in (*positive, "base_width", "max_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

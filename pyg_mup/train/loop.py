@@ -252,13 +252,15 @@ class _Run:
     def _end_epoch(self) -> None:
         p, c = self.progress, self.config
         eval_started = time.perf_counter()
-        metrics = self._evaluate()
+        due = (p.epoch + 1) % c.eval_every == 0 or p.epoch + 1 == c.epochs
+        metrics = self._evaluate() if due else {"valid": None, "test": None}
         seconds = p.epoch_seconds + time.perf_counter() - eval_started
         p.epoch += 1
         train_loss = p.loss_sum / max(p.loss_count, 1.0)
         p.step, p.loss_sum, p.loss_count, p.epoch_seconds = 0, 0.0, 0.0, 0.0
         p.seconds += seconds
-        p.last = dict(metrics)
+        if due:
+            p.last = dict(metrics)
         if self._improves(metrics["valid"]):
             p.best = {"epoch": p.epoch, "valid": metrics["valid"], "test": metrics["test"]}
             self._save_best()
@@ -279,13 +281,13 @@ class _Run:
         best = p.best
         self._log(
             f"epoch {p.epoch:>3}/{c.epochs} | train loss {train_loss:.4f} | valid {m} "
-            f"{metrics['valid']:.4f} | test {m} {metrics['test']:.4f} | best valid "
+            f"{_fmt(metrics['valid'])} | test {m} {_fmt(metrics['test'])} | best valid "
             f"{_fmt(best['valid'])} @ {best['epoch']} | {seconds:.1f}s"
         )
 
-    def _improves(self, valid: float) -> bool:
+    def _improves(self, valid: float | None) -> bool:
         best = self.progress.best["valid"]
-        if math.isnan(valid):
+        if valid is None or math.isnan(valid):  # not evaluated this epoch, or no metric
             return False
         if best is None:
             return True
