@@ -86,8 +86,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work."""
         positive = ("epochs", "batch_size", "eval_batch_size", "eval_every", "width", "layers")
-        positive += ("heads",)
-        for name in (*positive, "base_width", "max_distance"):
+        for name in (*positive, "heads", "base_width", "max_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
