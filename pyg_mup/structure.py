@@ -449,14 +449,15 @@ class GraphStructure:
             total = int(degree.sum())
             if total == 0:
                 break
-            starts = torch.repeat_interleave(out_ptr[reached], degree)
+            # output_size: the sizes are known here, so the expansions need no device sync
+            starts = torch.repeat_interleave(out_ptr[reached], degree, output_size=total)
             within = torch.arange(total, device=device) - torch.repeat_interleave(
-                degree.cumsum(0) - degree, degree
+                degree.cumsum(0) - degree, degree, output_size=total
             )
-            origin = torch.repeat_interleave(origin, degree)
+            origin = torch.repeat_interleave(origin, degree, output_size=total)
             reached = out_dst[starts + within]
             index = row[reached] + origin
-            fresh = table[index] > hops
+            fresh = (table[index] > hops).nonzero().squeeze(1)  # one sync for three selections
             index, origin, reached = index[fresh], origin[fresh], reached[fresh]
             index, first = _first_occurrence(index)
             origin, reached = origin[first], reached[first]
