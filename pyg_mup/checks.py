@@ -22,9 +22,12 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
         raise ValueError(f"edge_index must have shape [2, num_edges], got {list(edge_index.shape)}")
     if edge_index.numel() == 0:
         return
-    if int(edge_index.min()) < 0:
+    # one device-to-host copy for the three reductions (each would be a sync on CUDA)
+    low, max_src, max_dst = torch.stack(
+        [edge_index.min(), edge_index[0].max(), edge_index[1].max()]
+    ).tolist()
+    if low < 0:
         raise ValueError("edge_index must not hold negative node indices")
-    max_src, max_dst = int(edge_index[0].max()), int(edge_index[1].max())
     if max_src >= num_src or max_dst >= num_dst:
         raise ValueError(
             f"edge_index refers to node {max(max_src, max_dst)} but the graph has "
@@ -42,9 +45,10 @@ def check_batch(batch: Tensor, num_nodes: int) -> None:
         )
     if num_nodes == 0:
         return
-    if int(batch[0]) < 0:
+    negative, unsorted = torch.stack([batch[0] < 0, (batch[1:] < batch[:-1]).any()]).tolist()
+    if negative:
         raise ValueError("batch must hold non-negative graph indices")
-    if bool((batch[1:] < batch[:-1]).any()):
+    if unsorted:
         raise ValueError(
             "batch must be sorted (nodes of each graph contiguous), as PyG batches are"
         )
