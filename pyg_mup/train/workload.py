@@ -54,7 +54,47 @@ def _gather_in_order(parts: list[Tensor]) -> Tensor:
     return torch.cat([t for t in gather_objects(local) if t.numel()])
 
 
-class GraphWorkload:
+class _Workload:
+    """What both workloads share: the (possibly truncated) split, batch sizes, rank, device, seed.
+
+    Args:
+        data: the loaded dataset and split.
+        batch_size: items per global batch (shared by all ranks).
+        eval_batch_size: items per evaluation batch on each rank.
+        dist: this process's rank and world size.
+        device: where batches go.
+        seed: the run's seed (epoch orders derive from it).
+        max_samples: keep only the first ``max_samples`` items of each split (smoke tests).
+    """
+
+    def __init__(
+        self,
+        data: OGBData,
+        batch_size: int,
+        eval_batch_size: int,
+        dist: Dist,
+        device: torch.device,
+        seed: int,
+        max_samples: int | None,
+    ) -> None:
+        self.split = {k: v[:max_samples] for k, v in data.split_idx.items()}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.dist = dist
+        self.device = device
+        self.seed = seed
+
+    @property
+    def num_train(self) -> int:
+        return self.split["train"].numel()
+
+    def split_sizes(self) -> str:
+        """``train/valid/test a/b/c`` for the run banner."""
+        sizes = "/".join(str(self.split[k].numel()) for k in ("train", "valid", "test"))
+        return f"train/valid/test {sizes}"
+
+
+class GraphWorkload(_Workload):
     """Graph property prediction: mini-batches of whole graphs (``ogbg-*``).
 
     Args:
@@ -81,23 +121,14 @@ class GraphWorkload:
         num_workers: int = 0,
         max_samples: int | None = None,
     ) -> None:
+        super().__init__(data, batch_size, eval_batch_size, dist, device, seed, max_samples)
         self.dataset = data.dataset
-        self.split = {k: v[:max_samples] for k, v in data.split_idx.items()}
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.dist = dist
-        self.device = device
-        self.seed = seed
         self.num_workers = num_workers
         first = self.dataset[int(self.split["train"][0])]
         self.example = first
         # A rank whose shard of the last global batch is empty still runs a forward pass (on
         # this graph, with zero weight) so that DDP's gradient all-reduce stays in step.
         self.placeholder = Batch.from_data_list([first])
-
-    @property
-    def num_train(self) -> int:
-        return self.split["train"].numel()
 
     def steps_per_epoch(self) -> int:
         return math.ceil(self.num_train / self.batch_size)
@@ -160,11 +191,10 @@ class GraphWorkload:
         return out
 
     def describe(self) -> str:
-        sizes = "/".join(str(self.split[k].numel()) for k in ("train", "valid", "test"))
-        return f"{len(self.dataset)} graphs, train/valid/test {sizes}"
+        return f"{len(self.dataset)} graphs, {self.split_sizes()}"
 
 
-class NodeWorkload:
+class NodeWorkload(_Workload):
     """Node property prediction on one graph (``ogbn-*``).
 
     ``full`` mode runs the whole graph each step (one step per epoch) and needs it to fit in
@@ -202,12 +232,7 @@ class NodeWorkload:
             num_nodes=graph.num_nodes,
         )
         self.example = self.graph
-        self.split = {k: v[:max_samples] for k, v in data.split_idx.items()}
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.dist = dist
-        self.device = device
-        self.seed = seed
+        super().__init__(data, batch_size, eval_batch_size, dist, device, seed, max_samples)
         self.mode = mode
         if mode == "full":
             if dist.enabled:
@@ -233,10 +258,6 @@ class NodeWorkload:
             )
         else:
             raise ConfigError(f"node batching must be 'full' or 'sampled', got {mode!r}")
-
-    @property
-    def num_train(self) -> int:
-        return self.split["train"].numel()
 
     def steps_per_epoch(self) -> int:
         if self.mode == "full":
@@ -294,8 +315,7 @@ class NodeWorkload:
         return out
 
     def describe(self) -> str:
-        sizes = "/".join(str(self.split[k].numel()) for k in ("train", "valid", "test"))
         return (
             f"{self.graph.num_nodes} nodes, {self.graph.num_edges} edges, "
-            f"train/valid/test {sizes}, {self.mode} batches"
+            f"{self.split_sizes()}, {self.mode} batches"
         )
