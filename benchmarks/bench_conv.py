@@ -52,7 +52,9 @@ GLOBAL_LAYERS += ["ours-global+pack"]
 LAYOUTS = {"+rcm": "rcm", "+pack": "pack"}  # suffix -> GraphStructure.build(layout=...)
 MESSAGE_PASSING = "+mp"  # suffix: ours on the message-passing backend (what 'auto' picks when
 # the blocks are sparse) instead of FlexAttention
+DENSITY_STEPS = (128, 64, 32, 16, 8, 4, 2)  # 1/d of each diagonal block holds edges
 SMOKE_CASES = ["molhiv-16/*", "molhiv-batches/*", "*/TransformerConv/*", "arxiv-random/ours-*"]
+SMOKE_CASES += ["density-1in8/ours-local*"]
 
 
 class Skip(Exception):
@@ -143,6 +145,18 @@ def arxiv_like(num_nodes: int, num_edges: int, shuffle: bool, window: int = 256)
     return torch.randperm(num_nodes, generator=gen)[edge_index] if shuffle else edge_index
 
 
+def block_clusters(num_nodes: int, density: float, block: int) -> Tensor:
+    """Edges only inside aligned groups of ``block`` consecutive nodes, about ``density`` of each
+    group's ``block²`` pairs: FlexAttention then visits one diagonal block per query block, and
+    the edges fill it to ``density``, the quantity ``backend='auto'`` weighs
+    (``FLEX_MIN_BLOCK_DENSITY``). Duplicates removed, so the exact density is recorded."""
+    gen = torch.Generator().manual_seed(0)
+    num_edges = int(density * num_nodes * block / 2)  # halved: ``clean`` adds the reverse
+    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
+    dst = (src // block) * block + torch.randint(0, block, (num_edges,), generator=gen)
+    return clean(torch.stack([src, dst.clamp(max=num_nodes - 1)]), num_nodes)
+
+
 def clean(edge_index: Tensor, num_nodes: int) -> Tensor:
     """Both directions, sorted, without duplicates or self-loops."""
     return remove_self_loops(to_undirected(edge_index, num_nodes=num_nodes))[0]
@@ -153,6 +167,7 @@ def workload_plan(args) -> list[tuple[str, Callable[[], Graph] | None]]:
     ``None`` marks the recompilation case."""
     small, large, synth = (8, 16, 16) if args.smoke else (256, 2048, 8192)
     nodes, edges = (400, 1_000) if args.smoke else (169_343, 1_166_243)
+    cluster_nodes = 512 if args.smoke else 32_768
 
     def molhiv(count: int) -> Callable[[], Graph]:
         def build() -> Graph:
@@ -168,6 +183,10 @@ def workload_plan(args) -> list[tuple[str, Callable[[], Graph] | None]]:
         edge_index, batch = synthetic_molecules(synth)
         return Graph.make(edge_index, batch, batch.numel(), args)
 
+    def clustered(inverse_density: int) -> Callable[[], Graph]:
+        edges = block_clusters(cluster_nodes, 1 / inverse_density, args.block_size)
+        return lambda: Graph.make(edges, None, cluster_nodes, args)
+
     return [
         (f"molhiv-{large}", molhiv(large)),
         ("molhiv-batches", None),
@@ -175,6 +194,7 @@ def workload_plan(args) -> list[tuple[str, Callable[[], Graph] | None]]:
         (f"molhiv-{small}", molhiv(small)),
         (f"synthetic-{synth}", synthetic),
         ("arxiv-random", arxiv(True)),
+        *((f"density-1in{d}", clustered(d)) for d in DENSITY_STEPS),
     ]
 
 

@@ -294,13 +294,13 @@ class GraphStructure:
                 src, dst = self.pair_index
                 values = values.index_put((self.flat_row[dst] + src,), edge_values)
             if distance_values is not None:
-                values = values + distance_values[self.flat_distance]
+                values = values + _rows(distance_values, self.flat_distance)
             return values
         values = reference.new_zeros(self.num_pairs, heads)
         if edge_values is not None:
             values = values + edge_values
         if distance_values is not None:
-            values = values + distance_values[self.pair_distance[1:]]
+            values = values + _rows(distance_values, self.pair_distance[1:])
         padding = reference.new_zeros(1 + SINK_ROWS, heads)
         return torch.cat([padding[:1], values, padding[1:]])
 
@@ -591,6 +591,35 @@ def _first_occurrence(index: Tensor) -> tuple[Tensor, Tensor]:
     positions = torch.arange(index.numel(), device=index.device)
     first.scatter_reduce_(0, inverse, positions, reduce="amin")
     return unique, first
+
+
+class _TableRows(torch.autograd.Function):
+    """``table[index]`` for a small ``[D, H]`` table read by many indices (hop distances).
+
+    Same forward as indexing; the backward sums the gradient rows of each table row with one
+    matrix product, ``one_hot(index)ᵀ [D, R] @ grad [R, H]``. Indexing's own backward adds the
+    duplicates of a row one after another: with ``max_distance + 2`` rows read by the Σ n_g²
+    pairs of 128 molecules, it took 70 ms of a 75 ms backward pass on an H200.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_rows = table.size(0)
+        return table[index]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        rows = torch.arange(ctx.num_rows, device=index.device).unsqueeze(1)
+        one_hot = (index.unsqueeze(0) == rows).to(grad.dtype)
+        with torch.autocast(grad.device.type, enabled=False):
+            return one_hot @ grad, None
+
+
+def _rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` (``[D, H]`` by ``[R]`` → ``[R, H]``) with a fast backward for small D."""
+    return _TableRows.apply(table, index)
 
 
 def _block_is_whole(block: Tensor, length: int, size: int) -> Tensor:

@@ -194,6 +194,23 @@ def test_global_distances_are_bfs_hops_within_graphs(batch_graph):
     assert torch.equal(distance[same_graph], dense_distances(edge_index, n, 3)[same_graph])
 
 
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_distance_values_gather_and_gradient_equal_indexing(batch_graph, mode):
+    """pair_values reads the small distance table through its own autograd function (a matrix
+    product backward instead of indexing's serial one): values and gradients as indexing's."""
+    x, edge_index, batch = batch_graph
+    structure = GraphStructure.build(edge_index, x.size(0), batch, mode=mode, max_distance=3)
+    table = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    distance = structure.flat_distance if mode == "global" else structure.pair_distance[1:]
+    values = structure.pair_values(distance_values=table)
+    rows = slice(None) if mode == "global" else slice(1, 1 + structure.num_pairs)  # no padding
+    assert torch.equal(values[rows], table[distance])
+    weights = torch.randn_like(values)
+    (gradient,) = torch.autograd.grad((values * weights).sum(), table)
+    expected = torch.zeros_like(table).index_add_(0, distance, weights[rows])
+    assert torch.allclose(gradient, expected, atol=1e-12)
+
+
 def test_edge_distance_overrides_edge_pairs():
     edge_index = torch.tensor([[0, 1, 0, 1], [1, 2, 1, 1]])
     edge_distance = torch.tensor([5, 2, 7, 4])
