@@ -85,6 +85,7 @@ class GraphStructure:
     _lookup: TileLookup | HashLookup | None = field(default=None, repr=False)
     _block_mask: BlockMask | None = field(default=None, repr=False)
     _attention_pairs: Tensor | None = field(default=None, repr=False)
+    _message_passing_indices: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -215,14 +216,23 @@ class GraphStructure:
         return self.lookup.fn()
 
     def _pair_lookup_on_call(self) -> PairLookupFn:
-        """:meth:`pair_lookup`, or, while :attr:`lookup` is unbuilt, a function that builds it
-        on its first call: a mod that is made but never called (a layer's unused row index)
-        allocates nothing. FlexAttention reads :attr:`block_mask`, whose local ``mask_mod``
-        builds the look-up, before a compiled call traces the mod."""
+        """:meth:`pair_lookup`, or, while :attr:`lookup` is unbuilt, a function that needs none
+        for the message-passing backend's own indices and builds it on any other first call.
+
+        Pair ``p`` of :attr:`attention_pairs` is edge pair ``p`` (local mode), so a look-up of
+        :attr:`message_passing_indices` is ``p + 1`` without probing: message passing with
+        edge biases never builds the look-up (on an H200 its build and probes cost more host
+        time than the attention itself). A mod made but never called allocates nothing.
+        FlexAttention reads :attr:`block_mask`, whose local ``mask_mod`` builds the look-up,
+        before a compiled call traces the mod, so compiled code gets the plain look-up.
+        """
         if self._lookup is not None:
             return self._lookup.fn()
+        own_q, own_kv = self.message_passing_indices
 
         def lookup_on_call(q: Tensor, kv: Tensor) -> Tensor:
+            if q is own_q and kv is own_kv:
+                return torch.arange(1, q.size(0) + 1, device=q.device).unsqueeze(1)
             return self.pair_lookup()(q, kv)
 
         return lookup_on_call
@@ -371,6 +381,16 @@ class GraphStructure:
             else:
                 self._attention_pairs = _within_graph_pairs(self.graph_start, self.graph_size)
         return self._attention_pairs
+
+    @property
+    def message_passing_indices(self) -> tuple[Tensor, Tensor]:
+        """``(q, kv)``, ``[P_att, 1]`` each: the dst and src slots of :attr:`attention_pairs`,
+        the index arguments the message-passing backend gives every mod (made once, so that
+        look-ups can recognise them)."""
+        if self._message_passing_indices is None:
+            src, dst = self.attention_pairs
+            self._message_passing_indices = (dst.unsqueeze(1), src.unsqueeze(1))
+        return self._message_passing_indices
 
     def attention_pairs_of_nodes(self) -> Tensor:
         """:attr:`attention_pairs` as node indices (slots mapped back through the layout)."""

@@ -150,8 +150,8 @@ def test_message_passing_without_pair_mods_never_builds_the_lookup():
     assert x.grad is not None and conv.lin_query.weight.grad is not None
     assert structure.lookup_kind == "tiles" and structure._lookup is None
 
-    # a pair-dependent mod (the edge bias) builds it when called, and gives what a prebuilt
-    # look-up gives
+    # a pair-dependent mod (the edge bias) on message passing's own pair indices needs no
+    # look-up either: it gives what a prebuilt look-up's probes give
     edged = FlexGraphConv(8, 4, heads=2, edge_dim=3, backend="message_passing")
     edge_attr = torch.randn(edge_index.size(1), 3)
     lazy = GraphStructure.build(edge_index, 300, block_size=16)
@@ -159,8 +159,14 @@ def test_message_passing_without_pair_mods_never_builds_the_lookup():
     prebuilt.lookup  # noqa: B018
     with torch.no_grad():
         out = edged(x, edge_index, edge_attr, structure=lazy)
-        assert lazy._lookup is not None
+        assert lazy._lookup is None
         assert torch.equal(out, edged(x, edge_index, edge_attr, structure=prebuilt))
+    # called with any other indices, the mod's row index builds the look-up
+    q, kv = (index.clone() for index in lazy.message_passing_indices)
+    rows = lazy.pair_value_index()(q, kv)
+    assert lazy._lookup is not None
+    assert torch.equal(rows, prebuilt.pair_value_index()(q, kv))
+    assert torch.equal(rows.squeeze(1), torch.arange(1, lazy.num_pairs + 1))
     # the structure's own mask needs it too
     masked = GraphStructure.build(edge_index, 300, block_size=16)
     masked.block_mask  # noqa: B018

@@ -285,7 +285,7 @@ class MuPFlexAttention(MessagePassing):
         pairs = structure.attention_pairs
         src, dst = pairs
         score = (query[dst] * key[src]).sum(dim=-1) * self.scale
-        q_index, kv_index = dst.unsqueeze(1), src.unsqueeze(1)
+        q_index, kv_index = structure.message_passing_indices
         head = torch.arange(self.heads, device=query.device).unsqueeze(0)
         batch_index = torch.zeros_like(q_index)
         if score_mod is not None:

@@ -297,8 +297,12 @@ class FlexGraphConv(MuPFlexAttention):
                 return None
             pair = structure.pair_multiplicity.to(self.lin_query.weight.dtype).log()
             pair = pair.unsqueeze(1).expand(-1, self.heads)
-        else:
+        elif structure.has_parallel_edges:
             pair = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
+        else:  # one edge per pair: the log-sum-exp is the edge's bias, reordered by pair
+            pair = edge_bias.new_empty(edge_bias.shape).index_copy(
+                0, structure.edge_pair, edge_bias
+            )
         if self.no_edge_bias is not None:
             pair = pair - self.no_edge_bias.to(pair.dtype)
         return pair
