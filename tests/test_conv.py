@@ -467,7 +467,8 @@ def test_hash_lookup_gives_the_same_layer_output(mode):
 
 def test_auto_backend_uses_flex_on_cuda_only_where_blocks_are_dense():
     """Sparse local structures (a molecule batch: ~1/150 of each 128×128 tile is an edge) run
-    message passing even on CUDA; global structures and dense local ones run FlexAttention."""
+    message passing even on CUDA; global structures and dense local ones run FlexAttention; in
+    between, the threshold depends on the compute dtype (bf16 tiles are cheaper)."""
     from types import SimpleNamespace
 
     from pyg_mup.nn.attention import FLEX_MIN_BLOCK_DENSITY
@@ -479,13 +480,21 @@ def test_auto_backend_uses_flex_on_cuda_only_where_blocks_are_dense():
     block = torch.arange(16)
     clique = torch.cartesian_prod(block, block).t().contiguous()
     dense = GraphStructure.build(clique, 16, mode="local", block_size=16)
-    assert sparse.block_density < FLEX_MIN_BLOCK_DENSITY
+    assert sparse.block_density < min(FLEX_MIN_BLOCK_DENSITY.values())
     assert whole.block_density == 1.0 and dense.block_density == 1.0
 
     conv = FlexGraphConv(8, 4, heads=2)
-    on_cuda, on_cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    on_cuda = SimpleNamespace(is_cuda=True, dtype=torch.float32)
+    on_cpu = SimpleNamespace(is_cuda=False, dtype=torch.float32)
     assert conv._resolve_backend(on_cuda, sparse) == "message_passing"
     assert conv._resolve_backend(on_cuda, whole) == "flex"
     assert conv._resolve_backend(on_cuda, dense) == "flex"
     assert conv._resolve_backend(on_cpu, whole) == "message_passing"
+    sixteenth = GraphStructure.build(clique[:, ::16], 16, mode="local", block_size=16)
+    assert sixteenth.block_density == 1 / 16
+    thirty_second = GraphStructure.build(clique[:, ::32], 16, mode="local", block_size=16)
+    in_bf16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
+    assert conv._resolve_backend(in_bf16, thirty_second) == "flex"
+    assert conv._resolve_backend(on_cuda, thirty_second) == "message_passing"
+    assert conv._resolve_backend(on_cuda, sixteenth) == "flex"
     assert FlexGraphConv(8, 4, backend="flex")._resolve_backend(on_cuda, sparse) == "flex"

@@ -25,9 +25,13 @@ from pyg_mup.score_mods import MaskMod, ScoreMod
 from pyg_mup.structure import GraphStructure
 
 BACKENDS = ("auto", "flex", "message_passing")
-FLEX_MIN_BLOCK_DENSITY = 1 / 32
+FLEX_MIN_BLOCK_DENSITY = {torch.bfloat16: 1 / 64, torch.float16: 1 / 64, torch.float32: 1 / 16}
 """``backend='auto'`` on CUDA uses FlexAttention when at least this share of the scores it
-computes are attention pairs (:attr:`GraphStructure.block_density`), message passing below."""
+computes are attention pairs (:attr:`GraphStructure.block_density`), message passing below; per
+compute dtype (others: float32's). Measured on an H200 (benchmarks/README.md, "Where FlexAttention
+starts to pay"): FlexAttention's time hardly grows with the share of its tiles that hold edges,
+message passing's grows with the edges, and they cross between 1/128 and 1/64 in bf16 and near
+1/16 in float32."""
 
 
 @cache
@@ -64,8 +68,8 @@ class MuPFlexAttention(MessagePassing):
         root_weight: add the skip projection of the target node's own features.
         backend: ``'flex'``, ``'message_passing'``, or ``'auto'``: message passing on CPU
             (FlexAttention has no backward there); on CUDA, flex unless the structure's blocks
-            are mostly empty (:data:`FLEX_MIN_BLOCK_DENSITY`: sparse local attention, where a
-            gather per edge is faster than FlexAttention's 128×128 tiles).
+            are mostly empty (:data:`FLEX_MIN_BLOCK_DENSITY`, per dtype: sparse local attention,
+            where a gather per edge is faster than FlexAttention's 128×128 tiles).
         attn_mult: constant multiplier of the attention logits (a μP hyperparameter).
 
     Shapes:
@@ -232,7 +236,8 @@ class MuPFlexAttention(MessagePassing):
     def _resolve_backend(self, query: Tensor, structure: GraphStructure) -> str:
         if self.backend != "auto":
             return self.backend
-        if query.is_cuda and structure.block_density >= FLEX_MIN_BLOCK_DENSITY:
+        threshold = FLEX_MIN_BLOCK_DENSITY.get(query.dtype, FLEX_MIN_BLOCK_DENSITY[torch.float32])
+        if query.is_cuda and structure.block_density >= threshold:
             return "flex"
         return "message_passing"
 
