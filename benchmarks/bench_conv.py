@@ -32,6 +32,7 @@ import torch_geometric
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.profiler import ProfilerActivity
 from torch_geometric.nn import GATv2Conv, TransformerConv
 from torch_geometric.utils import remove_self_loops, to_dense_batch, to_undirected
 
@@ -43,6 +44,7 @@ from pyg_mup.nn.attention import _compiled_flex_attention  # noqa: E402  (one sh
 EDGE_DIM = 16
 INT32_PAIRS = 2**31  # a dense N×N look-up inside a kernel is indexed with int32
 DENSE_MASK_PAIRS = 2**32  # create_block_mask materialises N×N masks: ≈ 11 bytes per pair
+PROFILE_TOP = 12  # kernels listed per case by --profile
 GRACE_S = 20  # how far past --max-seconds the last case may run before it is cut
 LOCAL_LAYERS = ["TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-flex-local"]
 LOCAL_LAYERS += ["ours-local", "ours-local+edge", "ours-local+rcm", "ours-local+mp"]
@@ -425,7 +427,30 @@ def run_case(layer: str, graph: Graph, dtype: torch.dtype, args) -> dict:
     del out
     if args.device.type == "cuda":
         torch.cuda.empty_cache()
-    return {**info, **benchmark(step, args), "pass": "fwd+bwd" if train else "fwd"}
+    fields = {**info, **benchmark(step, args), "pass": "fwd+bwd" if train else "fwd"}
+    if args.profile:
+        fields["kernels"] = top_kernels(step, args)
+    return fields
+
+
+def top_kernels(step: Callable, args) -> list[dict]:
+    """``--profile N``: the kernels (CPU: the ops) taking the most self time over ``N`` more
+    steps under ``torch.profiler``: name, ms per step and share of all kernels' time, so a
+    missed target can say which kernel it is waiting on."""
+    cuda = args.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(args.profile):
+            step()
+        sync(args.device)
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    times = [(getattr(event, field), event.key) for event in prof.key_averages()]
+    times = sorted((t for t in times if t[0] > 0), reverse=True)
+    total = sum(us for us, _ in times) or 1.0
+    return [
+        dict(name=name[:160], ms_per_step=us / 1e3 / args.profile, share=us / total)
+        for us, name in times[:PROFILE_TOP]
+    ]
 
 
 def run_recompiles(args, dtype: torch.dtype) -> dict:
@@ -720,6 +745,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--block-size", type=int, default=128)
     add("--warmup", type=int, default=3, help="calls before timing, the compiling one included")
     add("--iters", type=int, default=10)
+    add("--profile", type=int, default=0, metavar="N",
+        help="after timing a case, N steps under torch.profiler: its top kernels")  # fmt: skip
     add("--report", type=Path, help="only print the table of an existing JSON")
     add("--plot", type=Path, help="with --report: also draw its timings into this PNG")
     args = parser.parse_args(argv)

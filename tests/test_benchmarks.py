@@ -67,6 +67,27 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
     assert len(table) == len(records) + 1  # header + one line per case
 
 
+def test_profile_records_each_case_top_kernels(tmp_path):
+    out = tmp_path / "conv.json"
+    command = [sys.executable, "-c", WITHOUT_OGB, str(SCRIPT), "--smoke", "--out", str(out)]
+    cases = ["molhiv-8/ours-global+pack/*", "molhiv-8/TransformerConv/*"]
+    result = subprocess.run(
+        [*command, "--molhiv-root", str(MOLECULES), "--profile", "2", "--cases", *cases],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = json.loads(out.read_text())["records"]
+    assert {r["layer"] for r in records} == {"ours-global+pack", "TransformerConv"}
+    for record in records:
+        kernels = record["kernels"]
+        assert 0 < len(kernels) <= 12
+        assert all(k["name"] and k["ms_per_step"] > 0 and 0 < k["share"] <= 1 for k in kernels)
+        assert sum(k["share"] for k in kernels) <= 1 + 1e-9
+        assert kernels == sorted(kernels, key=lambda k: -k["ms_per_step"])
+
+
 def test_report_prints_the_table_of_a_json(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_conv", SCRIPT)
     bench_conv = importlib.util.module_from_spec(spec)
