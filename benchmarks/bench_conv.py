@@ -31,6 +31,7 @@ import torch._dynamo
 import torch_geometric
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
+from torch.autograd import DeviceType
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.profiler import ProfilerActivity
 from torch_geometric.nn import GATv2Conv, TransformerConv
@@ -444,7 +445,10 @@ def top_kernels(step: Callable, args) -> list[dict]:
             step()
         sync(args.device)
     field = "self_device_time_total" if cuda else "self_cpu_time_total"
-    times = [(getattr(event, field), event.key) for event in prof.key_averages()]
+    # on CUDA only the kernels themselves: an op's self device time repeats its kernels'
+    wanted = DeviceType.CUDA if cuda else DeviceType.CPU
+    events = [event for event in prof.key_averages() if event.device_type == wanted]
+    times = [(getattr(event, field), event.key) for event in events]
     times = sorted((t for t in times if t[0] > 0), reverse=True)
     total = sum(us for us, _ in times) or 1.0
     return [
