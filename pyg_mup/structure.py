@@ -221,8 +221,8 @@ class GraphStructure:
 
         Pair ``p`` of :attr:`attention_pairs` is edge pair ``p`` (local mode), so a look-up of
         :attr:`message_passing_indices` is ``p + 1`` without probing: message passing with
-        edge biases never builds the look-up (on an H200 its build and probes cost more host
-        time than the attention itself). A mod made but never called allocates nothing.
+        edge biases never builds the look-up, whose build per batch and probes per layer would
+        be pure host work there. A mod made but never called allocates nothing.
         FlexAttention reads :attr:`block_mask`, whose local ``mask_mod`` builds the look-up,
         before a compiled call traces the mod, so compiled code gets the plain look-up.
         """
