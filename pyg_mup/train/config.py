@@ -43,41 +43,179 @@ class ConfigError(ValueError):
     """Settings that cannot make a run, with a one-line message."""
 
 
+GROUPS = ("data", "model", "optimisation", "run")
+"""Settings by group: *model* and *optimisation* settings make the recipe a sweep hands on
+(:data:`RECIPE_KEYS`); *data* and *run* settings say what to train on and where, not how."""
+
+DEPTH_PARAMETRIZATIONS = ("none", "depth-mup", "completep")
+
+
+def setting(
+    default: Any,
+    group: str,
+    help: str,
+    *,
+    metavar: str | None = None,
+    choices: tuple[Any, ...] | None = None,
+    parse: Any = None,
+    flag: str = "value",
+) -> Any:
+    """A :class:`TrainConfig` field with what the parser, the sweep and the recipe need.
+
+    Args:
+        group: one of :data:`GROUPS`.
+        help: the ``--help`` text (``(default: …)`` is appended unless the text gives one).
+        parse: text → value for flags whose type is not the annotation's (e.g. ``15,10``).
+        flag: ``'value'`` (``--name VALUE``), ``'switch'`` (``--name``/``--no-name``) or
+            ``'store_true'`` (``--name`` only).
+    """
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    meta = {
+        "group": group,
+        "help": help,
+        "metavar": metavar,
+        "choices": choices,
+        "parse": parse,
+        "flag": flag,
+    }
+    if isinstance(default, (list, tuple, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _neighbors(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected counts like 15,10, got {text!r}") from None
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of ``pyg-mup train``; see ``pyg-mup train --help`` for each one."""
+    """Every setting of ``pyg-mup train``, declared once: each field's metadata (see
+    :func:`setting`) generates its ``--flag``, its name in sweep search spaces and, for *model*
+    and *optimisation* settings, its key in a sweep's recipe."""
 
-    dataset: str = EMBEDDED_DATASET
-    root: str | None = None
-    out: str | None = None
-    cache_dir: str | None = None
-    epochs: int = 60
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    eval_every: int = 1
-    width: int = 128
-    layers: int = 4
-    heads: int = 4
-    attention: str = "local"
-    max_distance: int = 5
-    dropout: float = 0.0
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    lr_schedule: str = "constant"
-    clip_grad: float = 1.0
-    seed: int = 0
-    mup: bool = True
-    base_width: int = 64
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    max_minutes: float | None = None
-    num_workers: int = 0
-    max_samples: int | None = None
-    node_batching: str = "auto"
-    num_neighbors: tuple[int, ...] = field(default=(15, 10))
-    progress: bool | None = None
+    # data
+    dataset: str = setting(
+        EMBEDDED_DATASET,
+        "data",
+        "OGB dataset, e.g. ogbg-molhiv or ogbn-arxiv (default: "
+        f"{EMBEDDED_DATASET}, shipped with the package); `pyg-mup datasets` lists them",
+        metavar="NAME",
+    )
+    root: str | None = setting(
+        None,
+        "data",
+        "folder holding <name with _>/ in OGB's layout, or where ogb may download it "
+        "(default: the embedded copy, else ~/.cache/pyg_mup/ogb); read-only roots are copied",
+        metavar="DIR",
+    )
+    cache_dir: str | None = setting(
+        None,
+        "data",
+        "where read-only roots are copied (default: $PYG_MUP_CACHE or ~/.cache/pyg_mup)",
+        metavar="DIR",
+    )
+    max_samples: int | None = setting(
+        None, "data", "use only the first N graphs/nodes of each split (quick checks)", metavar="N"
+    )
+    num_workers: int = setting(0, "data", "DataLoader worker processes", metavar="N")
+    node_batching: str = setting(
+        "auto",
+        "data",
+        "ogbn-*: whole graph per step, or NeighborLoader mini-batches (default: auto, by size)",
+        choices=NODE_BATCHING,
+    )
+    num_neighbors: tuple[int, ...] = setting(
+        (15, 10),
+        "data",
+        "ogbn-* sampled batches: neighbours per hop (default: 15,10)",
+        metavar="K1,K2",
+        parse=_neighbors,
+    )
+    # model
+    width: int = setting(128, "model", "model width")
+    layers: int = setting(4, "model", "Transformer blocks")
+    heads: int = setting(4, "model", "attention heads")
+    attention: str = setting(
+        "local",
+        "model",
+        "along edges, over whole graphs, or both summed (GPS)",
+        choices=ATTENTION_KINDS,
+    )
+    max_distance: int = setting(
+        5, "model", "hop distances embedded by global attention", metavar="D"
+    )
+    dropout: float = setting(0.0, "model", "dropout on residual branches and in the FFNs")
+    mup: bool = setting(
+        True,
+        "model",
+        "μP (default) or, with --no-mup, the standard-parametrization twin",
+        flag="switch",
+    )
+    base_width: int = setting(64, "model", "μP base width: the width the learning rate is tuned at")
+    depth_parametrization: str = setting(
+        "none",
+        "model",
+        "residual branches scaled for transfer across depth: depth-μP (×sqrt(L_base/L)) or "
+        "CompleteP (×L_base/L), each with its Adam rules (pyg_mup.mup.depth)",
+        choices=DEPTH_PARAMETRIZATIONS,
+    )
+    base_layers: int | None = setting(
+        None,
+        "model",
+        "depth the hyperparameters were tuned at (default: --layers, i.e. no depth scaling)",
+        metavar="L",
+    )
+    zero_query: bool = setting(
+        False,
+        "model",
+        "start every attention query projection at zero (Tensor Programs V's zero-query init)",
+        flag="store_true",
+    )
+    # optimisation
+    epochs: int = setting(60, "optimisation", "total epochs, also when resuming")
+    batch_size: int = setting(
+        64, "optimisation", "graphs (or seed nodes) per step, over all processes"
+    )
+    lr: float = setting(1e-3, "optimisation", "base learning rate")
+    weight_decay: float = setting(0.0, "optimisation", "AdamW weight decay")
+    warmup_steps: int = setting(100, "optimisation", "linear LR warm-up steps")
+    lr_schedule: str = setting(
+        "constant",
+        "optimisation",
+        "after warm-up: constant, or cosine decay to 0 over --epochs",
+        choices=LR_SCHEDULES,
+    )
+    clip_grad: float = setting(1.0, "optimisation", "max gradient norm, 0 for none")
+    # run
+    seed: int = setting(0, "run", "seed of initialisation, data order and dropout")
+    eval_batch_size: int = setting(256, "run", "graphs (or nodes) per evaluation batch and process")
+    eval_every: int = setting(1, "run", "evaluate every K epochs and after the last", metavar="K")
+    out: str | None = setting(
+        None,
+        "run",
+        "output folder: metrics.jsonl, summary.json, checkpoints (default: runs/<dataset>)",
+        metavar="DIR",
+    )
+    resume: bool = setting(
+        False,
+        "run",
+        "continue the run in --out from its checkpoint, up to --epochs",
+        flag="store_true",
+    )
+    overwrite: bool = setting(
+        False, "run", "start over in an --out that holds a run", flag="store_true"
+    )
+    device: str = setting("auto", "run", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
+    max_minutes: float | None = setting(
+        None, "run", "stop cleanly (checkpoint saved) after M minutes", metavar="M"
+    )
+    progress: bool | None = setting(
+        None, "run", "progress bar (default: when stderr is a terminal)", flag="switch"
+    )
 
     @property
     def out_dir(self) -> Path:
@@ -122,6 +260,14 @@ class TrainConfig:
             raise ConfigError("--num-neighbors takes positive counts per hop (-1: all)")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other")
+        if self.depth_parametrization not in DEPTH_PARAMETRIZATIONS:
+            raise ConfigError(
+                f"--depth-parametrization must be one of {', '.join(DEPTH_PARAMETRIZATIONS)}"
+            )
+        if self.base_layers is not None and (
+            not isinstance(self.base_layers, int) or self.base_layers < 1
+        ):
+            raise ConfigError(f"--base-layers must be a positive integer, got {self.base_layers!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -144,6 +290,56 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+SETTINGS = {f.name: f for f in fields(TrainConfig)}
+"""Every setting by name, with its :func:`setting` metadata."""
+
+SHAPES = ("width", "layers")
+"""What a recipe is applied *to*: the only model settings it does not carry."""
+
+RECIPE_KEYS = tuple(
+    name
+    for name, f in SETTINGS.items()
+    if f.metadata["group"] in ("model", "optimisation")
+    and name not in (*SHAPES, "base_width", "base_layers")
+)
+"""The hyperparameters a sweep's recipe.json holds (its base shapes are stored beside them)."""
+
+
+def settings_in(group: str) -> tuple[str, ...]:
+    """The names of the settings of one of :data:`GROUPS`, in declaration order."""
+    return tuple(name for name, f in SETTINGS.items() if f.metadata["group"] == group)
+
+
+def value_type(name: str) -> type:
+    """The Python type of a setting's values (``int`` for ``int | None``, …)."""
+    annotation = str(SETTINGS[name].type).replace(" | None", "")
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(annotation, str)
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """``text`` (from a command line) as a value of setting ``name``; ``ValueError`` if not."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown setting {name!r}")
+    meta = SETTINGS[name].metadata
+    if meta["parse"] is not None:
+        value = meta["parse"](text)
+    elif value_type(name) is bool:
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--{_flag(name)} takes true or false, got {text!r}")
+        value = lowered in ("true", "1", "yes")
+    else:
+        try:
+            value = value_type(name)(text)
+        except ValueError:
+            raise ValueError(
+                f"--{_flag(name)} takes {value_type(name).__name__} values, got {text!r}"
+            ) from None
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ValueError(f"--{_flag(name)} must be one of {', '.join(map(str, meta['choices']))}")
+    return value
 
 
 def resumed_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]) -> TrainConfig:

@@ -5,6 +5,13 @@ copies at ``base_width`` and ``2 * base_width`` (on the meta device), and traine
 :func:`pyg_mup.mup.MuAdamW`, so a learning rate tuned at ``base_width`` transfers to ``width``.
 SP (``--no-mup``): the same architecture and the same init at base width, standard
 parametrization (``set_base_shapes(model, None)``), plain ``torch.optim.AdamW``.
+
+Two options act on the built model, so that the model code needs no flag for them:
+``--zero-query`` zeroes every attention's ``lin_query`` (Tensor Programs V's zero-query init:
+attention starts uniform over the allowed keys), and ``--depth-parametrization`` scales each
+block's residual branches (its attention convolutions and its FFN) by
+:func:`pyg_mup.mup.depth_multiplier` with forward hooks and marks the block's parameters for the
+optimizer's depth lr factor (:mod:`pyg_mup.mup.depth`).
 """
 
 from __future__ import annotations
@@ -19,9 +26,21 @@ from torch_geometric.data import Data
 
 from pyg_mup.data import Task
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
-from pyg_mup.mup import MuAdamW, build_mup_model, set_base_shapes
+from pyg_mup.mup import (
+    ALPHAS,
+    MuAdamW,
+    adam_eps,
+    build_mup_model,
+    depth_multiplier,
+    mark_residual_branch,
+    scale_residual_branch,
+    set_base_shapes,
+)
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+
+ADAM_EPS = 1e-8
+"""``torch.optim.AdamW``'s default ε, the base value the depth rules scale."""
 
 
 def model_builder(config: TrainConfig, task: Task, example: Data) -> Callable[[int], nn.Module]:
@@ -48,14 +67,65 @@ def make_model(config: TrainConfig, task: Task, example: Data) -> nn.Module:
     """The run's model with its width information set (μP or SP), on the CPU."""
     build = model_builder(config, task, example)
     if config.mup:
-        return build_mup_model(build, config.width, config.base_width)
-    return set_base_shapes(build(config.width), None)
+        model = build_mup_model(build, config.width, config.base_width)
+    else:
+        model = set_base_shapes(build(config.width), None)
+    if config.zero_query:
+        zero_queries(model)
+    if config.depth_parametrization != "none":
+        scale_depth(model, config.layers, base_layers(config), ALPHAS[config.depth_parametrization])
+    return model
+
+
+def base_layers(config: TrainConfig) -> int:
+    """The depth the hyperparameters were tuned at (``--layers`` when not given)."""
+    return config.layers if config.base_layers is None else config.base_layers
+
+
+def zero_queries(model: nn.Module) -> int:
+    """Zero the weight (and bias) of every ``lin_query`` projection; returns how many."""
+    count = 0
+    for module in model.modules():
+        query = getattr(module, "lin_query", None)
+        if isinstance(query, nn.Module):
+            for param in query.parameters():
+                nn.init.zeros_(param)
+            count += 1
+    if not count:
+        raise ConfigError("--zero-query: the model has no attention with a lin_query projection")
+    return count
+
+
+def residual_branches(block: nn.Module) -> list[nn.Module]:
+    """A Transformer block's residual branches: its attention convolutions and its FFN."""
+    attn, ffn = getattr(block, "attn", None), getattr(block, "ffn", None)
+    if not isinstance(attn, nn.ModuleDict) or not isinstance(ffn, nn.Module):
+        raise ConfigError(
+            "--depth-parametrization needs blocks with .attn (ModuleDict) and .ffn branches; "
+            f"{type(block).__name__} has none"
+        )
+    return [*attn.values(), ffn]
+
+
+def scale_depth(model: nn.Module, layers: int, base: int, alpha: float) -> None:
+    """Apply a depth parametrization to ``model.blocks`` (see :mod:`pyg_mup.mup.depth`)."""
+    multiplier = depth_multiplier(layers, base, alpha)
+    for block in model.blocks:
+        mark_residual_branch(block, layers, base, alpha)
+        for branch in residual_branches(block):
+            scale_residual_branch(branch, multiplier)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
-    if config.mup:
-        return MuAdamW(model, lr=config.lr, weight_decay=config.weight_decay)
-    return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    """AdamW, with μP lr groups (``--mup``) and the depth rules' ε (``--depth-parametrization``)."""
+    eps = ADAM_EPS
+    if config.depth_parametrization != "none":
+        width_mult = config.width / config.base_width if config.mup else 1.0
+        depth_mult = config.layers / base_layers(config)
+        eps = adam_eps(ADAM_EPS, width_mult, depth_mult, ALPHAS[config.depth_parametrization])
+    if config.mup or config.depth_parametrization != "none":  # SP: width factors are all 1
+        return MuAdamW(model, lr=config.lr, weight_decay=config.weight_decay, eps=eps)
+    return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=eps)
 
 
 def make_scheduler(config: TrainConfig, optimizer: Optimizer, total_steps: int) -> LambdaLR:

@@ -63,11 +63,32 @@ def train(config: TrainConfig, explicit: set[str] | None = None) -> dict[str, An
             anything in ``--out`` is written.
     """
     config.validate()
+    check_device(config.device)
     dist, device = setup(config.device)
     try:
         return _Run(config, explicit, dist, device).run()
     finally:
         teardown()
+
+
+def check_device(name: str) -> None:
+    """:class:`ConfigError` for a ``--device`` this machine does not have (before any output)."""
+    if not name.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {name}: no CUDA device is available here (torch.cuda.is_available() is "
+            "False); use --device cpu or auto"
+        )
+    index = name.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ConfigError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+
+
+class Diverged(Exception):
+    """The training loss (or a prediction) became nan/inf: the run cannot continue."""
 
 
 class _Run:
@@ -171,11 +192,15 @@ class _Run:
             self._log(f"{self.files.path}: already trained {p.epoch}/{c.epochs} epochs")
             return self._finish("complete")
         with StopRequest(c.max_minutes) as stop:
-            while p.epoch < c.epochs:
-                if not self._train_epoch(stop):
-                    self._save()
-                    return self._finish(stop.reason, signum=stop.signum)
-                self._end_epoch()
+            try:
+                while p.epoch < c.epochs:
+                    if not self._train_epoch(stop):
+                        self._save()
+                        return self._finish(stop.reason, signum=stop.signum)
+                    self._end_epoch()
+            except Diverged as error:
+                # No checkpoint now: the last one (end of the last good epoch) stays as it was.
+                return self._finish("diverged", message=str(error))
         return self._finish("complete")
 
     def _train_epoch(self, stop: StopRequest) -> bool:
@@ -217,7 +242,13 @@ class _Run:
         loss_sum, count = self.objective.loss_terms(pred, y)
         loss_sum = loss_sum * weight
         totals = all_reduce_sum(torch.stack([loss_sum.detach(), count * weight]).double())
-        global_loss, global_count = totals.tolist()
+        global_loss, global_count = totals.tolist()  # every rank sees the same values
+        if not math.isfinite(global_loss):
+            p = self.progress
+            raise Diverged(
+                f"training loss is {global_loss} at epoch {p.epoch + 1}, step {p.step + 1} "
+                f"(--lr {self.config.lr:g}); try a smaller --lr"
+            )
         # DDP averages gradients over ranks; scaling by world_size makes it the global-batch mean.
         scale = self.dist.world_size / max(global_count, 1.0)
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,6 +266,11 @@ class _Run:
         outputs = self.workload.predict(self.model, ("valid", "test"))
         metrics = {}
         for split, (y, pred) in outputs.items():
+            if not bool(torch.isfinite(pred).all()):
+                raise Diverged(
+                    f"{split} predictions are not finite after epoch {self.progress.epoch + 1} "
+                    f"(--lr {self.config.lr:g}); try a smaller --lr"
+                )
             try:
                 result = self.evaluator.eval(
                     {
@@ -346,7 +382,12 @@ class _Run:
             "heads": c.heads,
             "attention": c.attention if self.task.level == "graph" else "local",
             "lr": c.lr,
+            "depth_parametrization": c.depth_parametrization,
+            "base_layers": c.base_layers,
+            "zero_query": c.zero_query,
             "batch_size": c.batch_size,
+            "train_samples": self.workload.num_train,
+            "steps_per_epoch": self.workload.steps_per_epoch(),
             "seed": c.seed,
             "world_size": self.dist.world_size,
             "device": str(self.device),
@@ -354,13 +395,18 @@ class _Run:
             "out": str(self.files.path),
         }
 
-    def _finish(self, status: str, signum: int | None = None) -> dict[str, Any]:
+    def _finish(
+        self, status: str, signum: int | None = None, message: str | None = None
+    ) -> dict[str, Any]:
         summary = self._summary(status)
         summary["signal"] = signum
+        summary["message"] = message
         if self.dist.is_main:
             self.files.write_summary(summary)
         p, m = self.progress, self.task.metric
-        if status == "complete":
+        if status == "diverged":
+            pass  # the caller reports it (the CLI in one line on stderr)
+        elif status == "complete":
             self._log(
                 f"test {m} {_fmt(p.best['test'])} at best valid {m} {_fmt(p.best['valid'])} "
                 f"(epoch {p.best['epoch']}); outputs in {self.files.path}"

@@ -38,6 +38,11 @@ class RunDir:
         """Refuse to start a new run over an old one unless ``overwrite`` (checks only)."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--out {self.path} exists and is not a folder")
+        for parent in self.path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise RunDirError(f"--out {self.path}: {parent} is a file, not a folder")
+                break
         if self.existing() and not overwrite:
             raise RunDirError(
                 f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
