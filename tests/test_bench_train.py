@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_train.py"
 MODELS = {"ours-both", "gps", "ours-local", "transformerconv"}
 RATIOS = {"ours-both/gps", "ours-local/transformerconv"}
+PHASES = ("batch_to_device", "forward", "loss", "backward", "optimizer")  # a step, in order
 GPS_OUT_OF_MEMORY = """
 import importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("bench_train", sys.argv[1])
@@ -60,6 +61,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["smoke"]
     assert env["dataset"] == "ogbg-molesol"
     assert env["dtype"] == "float32" and env["train_graphs"] > 0
+    assert env["commit"] and isinstance(env["dirty"], bool) and env["cpu_threads"] == 1
     assert sorted(r["model"] for r in records) == sorted(MODELS)  # one record per model
     assert not [r for r in records if r["status"] != "ok"], [r.get("error") for r in records]
 
@@ -70,7 +72,17 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         assert record["graphs"] > 0 and record["median_step_ms"] > 0
         assert math.isfinite(record["final_loss"])
         assert record["compiles_warmup"] >= 0 and record["compiles_timed"] >= 0
+        assert record["steps_per_s"] == pytest.approx(record["steps"] / record["epoch_s"])
         assert "profile" not in record  # profiling only on request
+        ops = record["ops"]  # one step under OpCounter (the smoke default)
+        assert ops["steps"] == 1 and ops["ops_per_step"] > 0
+        assert sum(ops["data_dependent_ops"].values()) == ops["data_dependent_per_step"]
+        phases = ops["ops_per_step_by_phase"]
+        assert set(PHASES) <= set(phases) and sum(phases[p] for p in PHASES) <= ops["ops_per_step"]
+        ours = record["model"].startswith("ours")
+        assert ("structures" in phases) == ours  # the build is inside the forward
+        assert phases.get("structures", 0) <= phases["forward"]
+        assert (0 < record["structure_share"] < 1) if ours else record["structure_share"] == 0
     by_model = {r["model"]: r for r in records}
     assert by_model["ours-both"]["width"] == by_model["gps"]["width"] == env["width"]
     assert by_model["ours-local"]["width"] == by_model["transformerconv"]["width"]
@@ -87,9 +99,10 @@ def test_profile_records_ranges_and_top_ops(tmp_path):
     traces = tmp_path / "traces"
     models = ["ours-both", "transformerconv"]
     options = ["--models", *models, "--profile", "2", "--trace-dir", str(traces)]
-    data, result = smoke(tmp_path, *options)
-    assert data["environment"]["profile_steps"] == 2
+    data, result = smoke(tmp_path, *options, "--num-workers", "1", "--count-steps", "0")
+    assert data["environment"]["profile_steps"] == 2 and data["environment"]["num_workers"] == 1
     for record in data["records"]:
+        assert "ops" not in record  # --count-steps 0
         profile = record["profile"]
         assert "error" not in profile, profile.get("error")
         assert profile["steps"] == 2 and profile["wall_ms_per_step"] > 0
@@ -117,12 +130,10 @@ def test_trace_dir_needs_profile(tmp_path):
     assert result.returncode == 2 and "--trace-dir needs --profile" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def train_profile(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # where the scripts put it: benchmarks.* imports
+    return importlib.import_module("benchmarks.train_profile")
 
 
 def event(name, start, end, thread=1, device=DeviceType.CPU, kernels=(), annotation=False):
@@ -136,7 +147,7 @@ def event(name, start, end, thread=1, device=DeviceType.CPU, kernels=(), annotat
     return made
 
 
-def test_summarize_attributes_kernels_to_the_ranges_that_launched_them(bench):
+def test_summarize_attributes_kernels_to_the_ranges_that_launched_them(train_profile):
     cuda = DeviceType.CUDA
     events = [
         # forward: its range carries its own device annotation, which is no kernel
@@ -151,7 +162,7 @@ def test_summarize_attributes_kernels_to_the_ranges_that_launched_them(bench):
         event("Memcpy DtoH (Device)", 151, 152, device=cuda),
         event("forward", 0, 100, device=cuda, annotation=True),
     ]
-    summary = bench.summarize(events, steps=1, cuda=True)
+    summary = train_profile.summarize(events, steps=1, cuda=True)
     ranges = summary["ranges"]
     assert set(ranges) == {"forward", "backward"}
     assert ranges["forward"] == dict(calls_per_step=1, cpu_ms_per_step=0.1, device_ms_per_step=5e-3)

@@ -95,3 +95,21 @@ def test_counts_are_per_counter():
         X + 1
     assert first.data_dependent == {"aten.nonzero.default": 1}
     assert second.data_dependent == {} and second.counts == {"aten.add.Tensor": 1}
+
+
+def test_entering_a_counter_again_adds_to_it():
+    # bench_train enters one counter per phase of every step
+    ops = OpCounter()
+    for _ in range(2):
+        with ops:
+            X.nonzero()
+    assert ops.data_dependent == {"aten.nonzero.default": 2} and ops.total == 2
+
+
+def test_nested_counters_both_count():
+    with OpCounter() as outer:
+        X + 1
+        with OpCounter() as inner:
+            X.nonzero()
+    assert inner.total == 1 and outer.total == 2
+    assert outer.data_dependent == inner.data_dependent == {"aten.nonzero.default": 1}
