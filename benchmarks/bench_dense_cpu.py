@@ -1,0 +1,456 @@
+"""CPU forward+backward of the blocked dense attention against message passing and a GPS-style
+dense batch, to choose the dense backend's block size and its density threshold.
+
+Global attention (every pair inside a graph) on ogbg-molhiv batches of 128 and 256 graphs, width
+128 = 4 heads × 32, float32:
+
+* ``dense B``: :func:`pyg_mup.nn.dense.dense_block_attention` on graphs packed into blocks of
+  ``B`` slots (``packed_graph_starts``), with the scatter into slots and the gather back;
+* ``mp``: message passing over all Σ n_g² within-graph pairs, as the attention layer's
+  ``_message_passing`` does it (gathers ``q[dst]``, ``k[src]``, PyG's ``softmax``, a scatter-add
+  of ``alpha · v[src]``);
+* ``gps``: ``to_dense_batch`` and batched attention with a key padding mask (what
+  ``torch.nn.MultiheadAttention`` runs with ``need_weights=False``:
+  ``scaled_dot_product_attention``).
+
+``mods`` is ``mask`` (the same-graph mask) or ``mask+bias`` (also a learned per-pair bias read
+through ``flat_row[q] + kv``, the global layer's edge/distance bias, whose table receives a
+gradient). Batches are drawn from graphs of at most ``cap`` nodes, so that small block sizes can
+be compared on the graphs they fit.
+
+Local attention (pairs = edges): random graphs of ``B`` nodes (one per block) with a controlled
+share of filled entries per block, ``E / (num_blocks · B²)``; the dense backend reads the mask
+(and the bias row) through a per-block tile of pair ids, message passing runs over the edges. The
+crossover share is where the two medians cross (log-linear interpolation between grid points).
+
+The machine's cores are shared, so every case is timed in interleaved rounds (each round runs
+every case of a workload once) and the median is kept. Writes ``results/dense_cpu.json`` and
+prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.utils import scatter, softmax, to_dense_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fmt  # noqa: E402
+from pyg_mup.data import load_dataset  # noqa: E402
+from pyg_mup.graph.layout import packed_graph_starts  # noqa: E402
+from pyg_mup.nn.dense import dense_block_attention  # noqa: E402
+from pyg_mup.score_mods import pair_bias  # noqa: E402
+
+HEADS, CHANNELS = 4, 32
+SCALE = 1.0 / CHANNELS  # μP
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# largest graph of a batch: batches of graphs up to cap nodes; None: one of molhiv's graphs past
+# 128 nodes (37 of 41,127; in about 1 of 9 batches of 128) and the rest drawn from all
+CAPS = (16, 32, 64, 128, None)
+BIAS_CAPS = (64, 128, None)  # the mask+bias variant on the molhiv-like batches only
+LARGER_BLOCKS = 2  # dense at the smallest block that fits and at most this many doublings
+DENSITIES = (1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+LOCAL_BLOCKS = (32, 64, 128)
+LOCAL_NODES = 2048
+Step = Callable[[], None]
+
+
+# ------------------------------------------------------------------------------------ inputs
+def molhiv_sizes(root: str) -> np.ndarray:
+    """Node counts of the training graphs of ogbg-molhiv."""
+    data = load_dataset("ogbg-molhiv", root=root)
+    sizes = data.dataset.slices["x"].diff().numpy()
+    return sizes[data.split_idx["train"].numpy()]
+
+
+def draw_batch(sizes: np.ndarray, cap: int | None, count: int, rng: np.random.Generator):
+    if cap is None:
+        large = rng.choice(sizes[sizes > 128], size=1)
+        drawn = np.concatenate([large, rng.choice(sizes, size=count - 1, replace=False)])
+    else:
+        drawn = rng.choice(sizes[sizes <= cap], size=count, replace=False)
+    return torch.from_numpy(rng.permutation(drawn)).long()
+
+
+def projections(num_nodes: int, generator: torch.Generator) -> list[Tensor]:
+    """Leaf ``query``, ``key``, ``value`` ``[N, H, d]`` and an output gradient."""
+    shape = (num_nodes, HEADS, CHANNELS)
+    qkv = [torch.randn(shape, generator=generator).requires_grad_() for _ in range(3)]
+    return [*qkv, torch.randn(shape, generator=generator)]
+
+
+def fwd_bwd(attention: Callable[[], Tensor], grad: Tensor, leaves: list[Tensor]) -> Step:
+    def step() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        attention().backward(grad)
+
+    return step
+
+
+def slots_of(sizes: Tensor, block: int) -> tuple[Tensor, Tensor, int]:
+    """``node_slot [N]``, ``graph_start [G]`` and the padded sequence length of the pack layout."""
+    start, length = packed_graph_starts(sizes, block)
+    ptr = sizes.cumsum(0) - sizes
+    graph = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    node_slot = start[graph] + torch.arange(int(sizes.sum())) - ptr[graph]
+    return node_slot, start, math.ceil(length / block) * block
+
+
+def flat_rows(node_graph: Tensor, start: Tensor, sizes: Tensor) -> tuple[Tensor, int]:
+    """structure.py's flat per-pair rows: pair (q, kv) of one graph is row ``flat_row[q] + kv``."""
+    offsets = sizes * sizes
+    offsets = offsets.cumsum(0) - offsets
+    safe = node_graph.clamp(min=0)
+    slot = torch.arange(node_graph.numel())
+    row = offsets[safe] + (slot - start[safe]) * sizes[safe] - start[safe]
+    return torch.where(node_graph >= 0, row, 0), int((sizes * sizes).sum())
+
+
+# ------------------------------------------------------------------------------ global steps
+def global_dense(sizes: Tensor, block: int, inputs: list[Tensor], bias: Tensor | None) -> Step:
+    query, key, value, grad = inputs
+    node_slot, start, length = slots_of(sizes, block)
+    node_graph = torch.full((length,), -1)
+    node_graph[node_slot] = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    flat_row, flat_size = flat_rows(node_graph, start, sizes)
+
+    def same_graph(b, h, q, kv):
+        graph = node_graph[q]
+        return (graph == node_graph[kv]) & (graph >= 0)
+
+    def flat_index(q, kv):
+        return torch.remainder(flat_row[q] + kv, flat_size)
+
+    score_mod = pair_bias(flat_index, bias) if bias is not None else None
+
+    def to_slots(x: Tensor) -> Tensor:
+        slots = x.new_zeros((length, *x.shape[1:]))
+        slots[node_slot] = x
+        return slots
+
+    def attention() -> Tensor:
+        out = dense_block_attention(
+            to_slots(query), to_slots(key), to_slots(value), block_size=block, scale=SCALE,
+            score_mod=score_mod, mask_mod=same_graph,
+        )  # fmt: skip
+        return out[node_slot]
+
+    return fwd_bwd(attention, grad, [query, key, value, *([bias] if bias is not None else [])])
+
+
+def message_passing(
+    src: Tensor, dst: Tensor, num_nodes: int, inputs: list[Tensor], score_mod, mask_mod, leaves
+) -> Step:
+    """The layer's ``_message_passing`` over explicit pairs ``src -> dst`` (sorted by dst)."""
+    query, key, value, grad = inputs
+    q_index, kv_index = dst.unsqueeze(1), src.unsqueeze(1)
+    head = torch.arange(HEADS).unsqueeze(0)
+    batch = torch.zeros_like(q_index)
+
+    def attention() -> Tensor:
+        score = (query[dst] * key[src]).sum(dim=-1) * SCALE
+        if score_mod is not None:
+            score = score_mod(score, batch, head, q_index, kv_index)
+        keep = None
+        if mask_mod is not None:
+            keep = mask_mod(batch, head, q_index, kv_index).expand_as(score)
+            score = score.masked_fill(~keep, torch.finfo(score.dtype).min)
+        alpha = softmax(score, dst, num_nodes=num_nodes)
+        if keep is not None:
+            alpha = alpha * keep
+        message = value.index_select(0, src) * alpha.unsqueeze(-1)
+        return scatter(message, dst, dim=0, dim_size=num_nodes, reduce="sum")
+
+    return fwd_bwd(attention, grad, [query, key, value, *leaves])
+
+
+def global_message_passing(sizes: Tensor, inputs: list[Tensor], bias: Tensor | None) -> Step:
+    ptr = (sizes.cumsum(0) - sizes).tolist()
+    pairs = [
+        np.stack(np.meshgrid(np.arange(n) + p, np.arange(n) + p)).reshape(2, -1)
+        for n, p in zip(sizes.tolist(), ptr, strict=True)
+    ]  # (src, dst), dst-major
+    src, dst = torch.from_numpy(np.concatenate(pairs, 1)).long()
+    graph = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    flat_row, _ = flat_rows(graph, torch.tensor(ptr), sizes)
+
+    def same_graph(b, h, q, kv):
+        return graph[q] == graph[kv]
+
+    def flat_index(q, kv):
+        return flat_row[q] + kv
+
+    score_mod = pair_bias(flat_index, bias) if bias is not None else None
+    leaves = [bias] if bias is not None else []
+    return message_passing(src, dst, graph.numel(), inputs, score_mod, same_graph, leaves)
+
+
+def global_gps(sizes: Tensor, inputs: list[Tensor]) -> Step:
+    query, key, value, grad = inputs
+    graph = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+
+    def dense(x: Tensor) -> tuple[Tensor, Tensor]:
+        batched, mask = to_dense_batch(x.flatten(1), graph)  # [G, M, H·d], [G, M]
+        return batched.view(*batched.shape[:2], HEADS, CHANNELS).transpose(1, 2), mask
+
+    def attention() -> Tensor:
+        (q, mask), (k, _), (v, _) = dense(query), dense(key), dense(value)
+        key_padding = mask[:, None, None, :]  # [G, 1, 1, M]: True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding, scale=SCALE)
+        return out.transpose(1, 2)[mask]  # [N, H, d]
+
+    return fwd_bwd(attention, grad, [query, key, value])
+
+
+# ------------------------------------------------------------------------------- local steps
+def local_graph(block: int, density: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Unique random (src, dst) pairs inside each block of ``block`` nodes, sorted by dst."""
+    blocks = LOCAL_NODES // block
+    per_block = max(1, round(density * block * block))
+    scores = torch.rand(blocks, block * block, generator=generator)
+    entry = scores.topk(per_block, dim=1).indices  # distinct entries per block
+    dst = entry // block + torch.arange(blocks).unsqueeze(1) * block
+    src = entry % block + torch.arange(blocks).unsqueeze(1) * block
+    order = torch.argsort(dst.flatten() * LOCAL_NODES + src.flatten())
+    return src.flatten()[order], dst.flatten()[order]
+
+
+def local_dense(block: int, src: Tensor, dst: Tensor, inputs: list[Tensor], bias) -> Step:
+    query, key, value, grad = inputs
+    tiles = torch.zeros(LOCAL_NODES * block, dtype=torch.long)  # pair id + 1 at q·B + kv mod B
+    tiles[dst * block + src % block] = torch.arange(1, src.numel() + 1)
+
+    def pair(q, kv):
+        return tiles[q * block + kv % block]
+
+    def edge_mask(b, h, q, kv):
+        return pair(q, kv) > 0
+
+    score_mod = pair_bias(pair, bias) if bias is not None else None
+
+    def attention() -> Tensor:
+        return dense_block_attention(
+            query, key, value, block_size=block, scale=SCALE, score_mod=score_mod,
+            mask_mod=edge_mask,
+        )  # fmt: skip
+
+    return fwd_bwd(attention, grad, [query, key, value, *([bias] if bias is not None else [])])
+
+
+def local_message_passing(src: Tensor, dst: Tensor, inputs: list[Tensor], bias) -> Step:
+    """The pairs are the edges: no mask; the bias row is the pair id (row 0 = no pair)."""
+    pair_id = torch.arange(1, src.numel() + 1).unsqueeze(1)
+
+    def pair(q, kv):  # the twin answers its own pair ids without a look-up
+        return pair_id
+
+    score_mod = pair_bias(pair, bias) if bias is not None else None
+    leaves = [bias] if bias is not None else []
+    return message_passing(src, dst, LOCAL_NODES, inputs, score_mod, None, leaves)
+
+
+# --------------------------------------------------------------------------------- timing
+def median_ms(cases: dict[str, Step], rounds: int) -> dict[str, float]:
+    """Each case once per round (interleaved, so load drifts hit all alike), after a warm-up."""
+    for step in cases.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, step in cases.items():
+            start = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ms) for name, ms in times.items()}
+
+
+def run_global(sizes: np.ndarray, args, generator: torch.Generator) -> list[dict]:
+    rng = np.random.default_rng(args.seed)
+    records = []
+    for num_graphs in args.num_graphs:
+        for cap in CAPS:
+            batch = draw_batch(sizes, cap, num_graphs, rng)
+            largest, nodes = int(batch.max()), int(batch.sum())
+            inputs = projections(nodes, generator)
+            for mods in ("mask", "mask+bias") if cap in BIAS_CAPS else ("mask",):
+                bias = None
+                if mods == "mask+bias":
+                    flat = int((batch * batch).sum())
+                    bias = torch.randn(flat, HEADS, generator=generator).requires_grad_()
+                cases = {"mp": global_message_passing(batch, inputs, bias)}
+                if bias is None:
+                    cases["gps"] = global_gps(batch, inputs)
+                fitting = [block for block in BLOCK_SIZES if block >= largest]
+                for block in fitting[: LARGER_BLOCKS + 1]:
+                    cases[f"dense {block}"] = global_dense(batch, block, inputs, bias)
+                ms = median_ms(cases, args.rounds)
+                for name, value in ms.items():
+                    backend, _, block = name.partition(" ")
+                    slots = slots_of(batch, int(block))[2] if block else None
+                    records.append(dict(
+                        num_graphs=num_graphs, cap=cap, largest=largest, nodes=nodes,
+                        pairs=int((batch * batch).sum()), mods=mods, backend=backend,
+                        block_size=int(block) if block else None, slots=slots,
+                        scores=slots * int(block) if block else None, ms=value,
+                        vs_mp=value / ms["mp"],
+                    ))  # fmt: skip
+                print(f"global {num_graphs} graphs cap {cap} {mods}: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)  # fmt: skip
+    return records
+
+
+def run_local(args, generator: torch.Generator) -> list[dict]:
+    records = []
+    for block in LOCAL_BLOCKS:
+        inputs = projections(LOCAL_NODES, generator)
+        for mods in ("mask", "mask+bias"):
+            cases, edges = {}, {}
+            for density in DENSITIES:
+                src, dst = local_graph(block, density, generator)
+                bias = None
+                if mods == "mask+bias":
+                    bias = torch.randn(src.numel() + 1, HEADS, generator=generator)
+                    bias.requires_grad_()
+                edges[density] = src.numel()
+                cases[f"dense {density}"] = local_dense(block, src, dst, inputs, bias)
+                cases[f"mp {density}"] = local_message_passing(src, dst, inputs, bias)
+            ms = median_ms(cases, args.rounds)
+            for density in DENSITIES:
+                dense, mp = ms[f"dense {density}"], ms[f"mp {density}"]
+                records.append(dict(
+                    block_size=block, mods=mods, density=density, edges=edges[density],
+                    dense_ms=dense, mp_ms=mp, dense_vs_mp=dense / mp,
+                ))  # fmt: skip
+            print(f"local B {block} {mods}: " + ", ".join(
+                f"1/{round(1 / d)} {ms[f'dense {d}']:.1f}/{ms[f'mp {d}']:.1f}" for d in DENSITIES
+            ), flush=True)  # fmt: skip
+    return records
+
+
+def crossovers(local: list[dict]) -> list[dict]:
+    """Share of filled entries per block above which dense stays faster, per block size and mods:
+    interpolated (log-log) past the densest grid point where message passing still won; 0 when
+    dense won everywhere, ``None`` when it never won."""
+    found = []
+    for block in LOCAL_BLOCKS:
+        for mods in ("mask", "mask+bias"):
+            rows = [r for r in local if r["block_size"] == block and r["mods"] == mods]
+            losing = [i for i, r in enumerate(rows) if r["dense_vs_mp"] > 1]
+            if not rows:
+                continue
+            if not losing:
+                share = 0.0
+            elif losing[-1] == len(rows) - 1:
+                share = None
+            else:
+                low, high = rows[losing[-1]], rows[losing[-1] + 1]
+                a, b = math.log(low["dense_vs_mp"]), math.log(high["dense_vs_mp"])
+                t = a / (a - b)
+                share = low["density"] ** (1 - t) * high["density"] ** t
+            found.append(dict(block_size=block, mods=mods, crossover_density=share))
+    return found
+
+
+# ---------------------------------------------------------------------------------- report
+def global_table(records: list[dict]) -> str:
+    def cap_of(record: dict) -> int:
+        return record["cap"] or 10**6
+
+    columns = ["graphs", "largest graph", "nodes:", "mods", "mp ms:", "gps ms:"]
+    columns += [f"dense {b} ms:" for b in BLOCK_SIZES]
+    rows = []
+    for key in sorted({(r["num_graphs"], cap_of(r), r["mods"]) for r in records}):
+        group = [r for r in records if (r["num_graphs"], cap_of(r), r["mods"]) == key]
+        by = {(r["backend"], r["block_size"]): r["ms"] for r in group}
+        mp, first = by[("mp", None)], group[0]
+        cap = "≤" + str(first["cap"]) if first["cap"] else ">128"
+        cells = [str(key[0]), f"{first['largest']} ({cap})", str(first["nodes"]), key[2]]
+        cells += [fmt(mp, ".1f"), fmt(by.get(("gps", None)), ".1f")]
+        for block in BLOCK_SIZES:
+            ms = by.get(("dense", block))
+            cells.append("" if ms is None else f"{ms:.1f} ({ms / mp:.2f}×)")
+        rows.append(cells)
+    return common.table(columns, rows)
+
+
+def local_table(records: list[dict]) -> str:
+    columns = ["B", "mods", "filled share", "edges:", "dense ms:", "mp ms:", "dense/mp:"]
+    rows = [
+        [str(r["block_size"]), r["mods"], f"1/{round(1 / r['density'])}", str(r["edges"]),
+         fmt(r["dense_ms"], ".1f"), fmt(r["mp_ms"], ".1f"), fmt(r["dense_vs_mp"], ".2f")]
+        for r in records
+    ]  # fmt: skip
+    return common.table(columns, rows)
+
+
+def crossover_table(found: list[dict]) -> str:
+    def share(value: float | None) -> str:
+        if value is None:
+            return "never"
+        return "below the grid" if value == 0 else f"{value:.4f} (1/{1 / value:.0f})"
+
+    rows = [[str(c["block_size"]), c["mods"], share(c["crossover_density"])] for c in found]
+    return common.table(["B", "mods", "dense faster above share:"], rows)
+
+
+def markdown(global_records: list[dict], local: list[dict], found: list[dict]) -> str:
+    parts = [
+        "Global attention, forward+backward median ms (dense: its ratio to mp)",
+        global_table(global_records),
+    ]
+    if local:
+        parts += [
+            f"Local attention, {LOCAL_NODES} nodes, forward+backward median ms",
+            local_table(local),
+            "Local: dense beats message passing above this share of filled entries per block",
+            crossover_table(found),
+        ]
+    return "\n\n".join(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="/work/shared/data", help="OGB datasets folder")
+    parser.add_argument("--num-graphs", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dense_cpu.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(args.seed)
+    load_before, began = os.getloadavg(), time.perf_counter()
+    global_records = run_global(molhiv_sizes(args.root), args, generator)
+    local = [] if args.skip_local else run_local(args, generator)
+    cross = crossovers(local)
+    env = common.environment(
+        torch.device("cpu"), heads=HEADS, channels=CHANNELS, dtype="float32", rounds=args.rounds,
+        load_average_before=load_before, load_average_after=os.getloadavg(),
+        wall_s=time.perf_counter() - began,
+    )  # fmt: skip
+    common.write_json(args.out, dict(environment=env, global_attention=global_records,
+                                     local_attention=local, local_crossover=cross))  # fmt: skip
+    print(markdown(global_records, local, cross))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
