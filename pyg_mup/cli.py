@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from pyg_mup.data import EMBEDDED_DATASET, DatasetError, known_datasets, task_of
+from pyg_mup.sweep import SweepError, load_recipe, recipe_values
 from pyg_mup.train import CheckpointError, ConfigError, RunDirError, TrainConfig, train
 from pyg_mup.train.config import GROUPS, SETTINGS, parse_setting, settings_in, value_type
 
@@ -81,15 +82,173 @@ def _parser() -> argparse.ArgumentParser:
         "OUT/metrics.jsonl, OUT/summary.json and checkpoints. Under torchrun, data-parallel.",
     )
     add_setting_arguments(train_parser, with_defaults=True)
+    train_parser.add_argument(
+        "--recipe",
+        metavar="FILE",
+        help="start from a sweep's recipe.json (its settings and base shapes); the flags "
+        "given here override it, e.g. --width 1024 --layers 16",
+    )
+    sweep_parser = commands.add_parser(
+        "sweep",
+        help="tune on Optuna: a μTransfer grid or a sampler over ranges; writes a recipe",
+        description="Run (or resume) a sweep in --out: one Optuna study, each trial one "
+        "`pyg-mup train` run. Writes OUT/trials.json, OUT/transfer_width.png (and "
+        "transfer_depth.png), OUT/recipe.json. The `train` flags below fix every trial's "
+        "settings; any setting may instead be a --grid or --range axis.",
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_sweep_arguments(sweep_parser)
     commands.add_parser("datasets", help="list the OGB datasets pyg-mup can train on")
     return parser
+
+
+SWEEP_OWNED = frozenset({"out", "resume", "overwrite", "progress"})
+"""``train`` settings the sweep sets itself for each trial."""
+
+SMOKE = {
+    "settings": {
+        "layers": 1,
+        "heads": 2,
+        "epochs": 1,
+        "batch_size": 32,
+        "max_samples": 64,
+        "warmup_steps": 1,
+    },
+    "grid": {"width": [16, 32], "log2_lr": [-8, -4]},
+}
+"""``--smoke``: 4 tiny trials on the embedded dataset (seconds on a CPU core)."""
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--out", required=True, metavar="DIR", help="the sweep folder")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="an axis and its values: any train setting (width, layers, seed, dropout, "
+        "weight_decay, ...), log2_lr or parametrization (mup,sp); repeat for more axes",
+    )
+    sweep.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH[:log]",
+        help="an axis sampled in [LOW, HIGH] (samplers other than grid)",
+    )
+    sweep.add_argument(
+        "--sampler",
+        default=None,
+        help="grid (default with --grid only), tpe (default with --range), random, cmaes, "
+        "or any optuna.samplers class name",
+    )
+    sweep.add_argument("--trials", type=int, default=None, help="trial budget of a sampler")
+    sweep.add_argument("--sampler-seed", type=int, default=0)
+    sweep.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage URL (sqlite:///f.db, postgresql://...) or a journal file path "
+        "shared by several machines (default: OUT/study.journal)",
+    )
+    sweep.add_argument("--study-name", default="sweep")
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local worker processes sharing the storage, one torch thread each; with "
+        "--device cuda they share the GPU",
+    )
+    sweep.add_argument(
+        "--stale-after",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds without a heartbeat before another machine's RUNNING trial is re-run "
+        "(dead processes on this machine are seen at once) (default: 300)",
+    )
+    sweep.add_argument("--no-plot", action="store_true", default=False, help="no figures")
+    sweep.add_argument(
+        "--smoke",
+        action="store_true",
+        default=False,
+        help="4 tiny trials (width 16,32 x log2 lr -8,-4, 1 epoch, 64 graphs) on the "
+        "embedded dataset, unless the flags given say otherwise",
+    )
+    add_setting_arguments(parser, with_defaults=False, exclude=SWEEP_OWNED)
+
+
+def _axes(items: list[str], kind: str) -> dict:
+    """``NAME=...`` items of --grid / --range as a dict (:class:`SweepError` if malformed)."""
+    from pyg_mup.sweep.space import parse_axis_value
+
+    out: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not text:
+            raise SweepError(
+                f"--{kind} {item!r}: expected NAME={'V1,V2' if kind == 'grid' else 'LOW:HIGH'}"
+            )
+        name = name.replace("-", "_")
+        if name in out:
+            raise SweepError(f"--{kind} {name} given twice")
+        if kind == "grid":
+            out[name] = [parse_axis_value(name, v) for v in text.split(",")]
+        else:
+            parts = text.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+                raise SweepError(f"--range {item!r}: expected NAME=LOW:HIGH or NAME=LOW:HIGH:log")
+            try:
+                out[name] = [float(parts[0]), float(parts[1]), len(parts) == 3]
+            except ValueError:
+                raise SweepError(f"--range {item!r}: LOW and HIGH must be numbers") from None
+    return out
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pyg_mup.sweep import SweepSpec, run_sweep
+
+    values = vars(args)
+    own = {"out", "grid", "range", "sampler", "trials", "sampler_seed", "storage", "study_name"}
+    own |= {"workers", "stale_after", "no_plot", "smoke", "command"}
+    settings = {k: v for k, v in values.items() if k not in own}
+    grid, ranges = _axes(args.grid, "grid"), _axes(args.range, "range")
+    if args.smoke:
+        settings = {**SMOKE["settings"], **settings}
+        if not grid and not ranges:
+            grid = dict(SMOKE["grid"])
+    sampler = args.sampler or ("grid" if not ranges else "tpe")
+    spec = SweepSpec(
+        out=args.out,
+        settings=settings,
+        grid=grid,
+        ranges=ranges,
+        sampler=sampler,
+        trials=args.trials,
+        sampler_seed=args.sampler_seed,
+        storage=args.storage,
+        study_name=args.study_name,
+        workers=args.workers,
+        stale_after=args.stale_after,
+        plot=not args.no_plot,
+    )
+    report = run_sweep(spec)
+    states = [t["state"] for t in report["trials"]]
+    diverged = sum(t["diverged"] for t in report["trials"])
+    print(
+        f"{states.count('COMPLETE')} trials complete ({diverged} diverged), "
+        f"{states.count('FAIL')} failed; outputs in {args.out}"
+    )
+    return 0
 
 
 def _explicit(argv: Sequence[str]) -> set[str]:
     """The ``train`` settings named on the command line."""
     parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     add_setting_arguments(parser, with_defaults=False)
-    return set(vars(parser.parse_known_args(argv)[0]))
+    return set(vars(parser.parse_known_args(argv)[0])) & set(SETTINGS)
 
 
 def _list_datasets() -> int:
@@ -107,12 +266,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "datasets":
         return _list_datasets()
+    if args.command == "sweep":
+        try:
+            return _sweep(args)
+        except (*USER_ERRORS, SweepError) as error:
+            print(f"pyg-mup: error: {error}", file=sys.stderr)
+            return 2
     if args.command != "train":
         parser.print_help()
         return 2
-    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "recipe")}
+    explicit = _explicit(argv[1:])
     try:
-        summary = train(TrainConfig(**settings), explicit=_explicit(argv[1:]))
+        if args.recipe:
+            recipe = recipe_values(load_recipe(args.recipe))
+            settings.update({k: v for k, v in recipe.items() if k not in explicit})
+            explicit |= set(recipe)
+        summary = train(TrainConfig(**settings), explicit=explicit)
     except USER_ERRORS as error:
         print(f"pyg-mup: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,156 @@
+"""``pyg-mup sweep`` / :mod:`pyg_mup.sweep`: grids run once over workers, killed trials re-run,
+diverged trials recorded, the recipe round-trips into ``train``.
+
+Tiny trials (width 16–32, one layer, 64 graphs, one epoch) on the embedded ogbg-molesol.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyg_mup.cli import main
+from pyg_mup.sweep import SweepError, SweepSpec, run_sweep
+from pyg_mup.sweep.runner import OWNER, open_study
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "layers": 1,
+    "heads": 2,
+    "epochs": 1,
+    "batch_size": 32,
+    "max_samples": 64,
+    "warmup_steps": 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYG_MUP_CACHE", str(tmp_path / "cache"))
+
+
+def points(report: dict, state: str = "COMPLETE") -> list[tuple]:
+    return sorted(tuple(t["params"].values()) for t in report["trials"] if t["state"] == state)
+
+
+def test_two_workers_run_each_grid_point_exactly_once(tmp_path):
+    grid = {"width": [16], "log2_lr": [-8, -6], "seed": [0, 1]}
+    spec = SweepSpec(out=str(tmp_path / "sweep"), settings=TINY, grid=grid, workers=2)
+    report = run_sweep(spec)
+    expected = sorted((16, lr, s) for lr in (-8, -6) for s in (0, 1))
+    assert points(report) == expected  # each point once, nothing else
+    assert len(report["trials"]) == 4
+    study = open_study(spec)
+    owners = {tuple(t.system_attrs[OWNER]) for t in study.trials}
+    assert os.getpid() not in {pid for _, pid in owners}  # the workers ran them
+    for trial in report["trials"]:
+        assert trial["steps"] == 2 and trial["train_samples"] == 64  # 64 graphs / batch 32
+        assert math.isfinite(trial["train_loss"]) and trial["value"] == trial["valid"]
+    # μP's base width is the smallest width: there the recipe is chosen, on validation only.
+    recipe = json.loads((tmp_path / "sweep" / "recipe.json").read_text())
+    trials = report["trials"]
+    by_lr = {
+        lr: sum(t["valid"] for t in trials if t["params"]["log2_lr"] == lr) / 2 for lr in (-8, -6)
+    }
+    assert recipe["settings"]["lr"] == 2.0 ** min(by_lr, key=by_lr.get)
+    assert recipe["valid"] == pytest.approx(min(by_lr.values()))
+    assert recipe["base_shapes"] == {"base_width": 16, "base_layers": 1}
+    assert recipe["seeds"] == [0, 1] and recipe["dataset"] == "ogbg-molesol"
+    # Running the same sweep again resumes it: nothing is left to run.
+    assert len(run_sweep(SweepSpec(**{**spec.to_dict(), "workers": 1}))["trials"]) == 4
+
+
+KILL_A_WORKER = """
+import os, signal, socket, sys, time
+from pyg_mup.sweep import SweepSpec
+from pyg_mup.sweep.runner import HEARTBEAT, OWNER, claim_waiting, open_study
+spec = SweepSpec(**__import__("json").loads(sys.argv[1]))
+study = open_study(spec)
+trial = claim_waiting(study)
+study._storage.set_trial_system_attr(trial._trial_id, OWNER, [socket.gethostname(), os.getpid()])
+study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_workers_trial_is_run_again_on_resume(tmp_path):
+    spec = SweepSpec(
+        out=str(tmp_path / "sweep"), settings=TINY, grid={"width": [16], "log2_lr": [-8, -6]}
+    )
+    spec.validate()
+    open_study(spec, create=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_A_WORKER, json.dumps(spec.to_dict())], env=env, timeout=120
+    )
+    assert killed.returncode == -9
+    assert [t.state.name for t in open_study(spec).trials] == ["RUNNING", "WAITING"]
+
+    report = run_sweep(spec)
+    first, second, retry = report["trials"]
+    assert first["state"] == "FAIL" and first["stale"]
+    assert second["state"] == "COMPLETE"
+    assert retry["state"] == "COMPLETE" and retry["retry_of"] == first["number"]
+    assert retry["params"] == first["params"]
+    assert points(report) == [(16, -8), (16, -6)]
+
+
+def test_diverged_trials_are_recorded_not_dropped(tmp_path):
+    settings = {**TINY, "batch_size": 8, "clip_grad": 0.0}
+    spec = SweepSpec(out=str(tmp_path / "sweep"), settings=settings, grid={"log2_lr": [-8, 40]})
+    report = run_sweep(spec)
+    good, bad = report["trials"]
+    assert good["state"] == bad["state"] == "COMPLETE"
+    assert not good["diverged"] and math.isfinite(good["value"])
+    assert bad["diverged"] and bad["status"] == "diverged"
+    assert bad["value"] is None and bad["train_loss"] is None and bad["valid"] is None
+    assert open_study(spec).trials[1].value == math.inf  # the worst value for a minimised rmse
+    recipe = json.loads((tmp_path / "sweep" / "recipe.json").read_text())
+    assert recipe["settings"]["lr"] == 2.0**-8
+
+
+def test_smoke_sweep_via_the_cli_and_its_recipe_into_train(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit):  # the sweep sets --out, --resume, --progress per trial
+        main(["sweep", "--smoke", "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    assert main(["sweep", "--smoke", "--out", str(out)]) == 0
+    assert "4 trials complete (0 diverged), 0 failed" in capsys.readouterr().out
+    report = json.loads((out / "trials.json").read_text())
+    assert points(report) == [(16, -8), (16, -4), (32, -8), (32, -4)]
+    assert (out / "transfer_width.png").stat().st_size > 10_000
+    assert not (out / "transfer_depth.png").exists()  # the depth did not vary
+    recipe = json.loads((out / "recipe.json").read_text())
+
+    run = tmp_path / "run"
+    args = ["train", "--recipe", str(out / "recipe.json"), "--width", "32", "--layers", "2"]
+    assert main([*args, "--max-samples", "64", "--out", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["lr"] == recipe["settings"]["lr"]
+    assert summary["base_width"] == 16 and summary["base_layers"] == 1
+    assert (summary["width"], summary["layers"], summary["heads"]) == (32, 2, 2)
+    # A flag given on the command line wins over the recipe.
+    args += ["--lr", "0.5", "--max-samples", "64", "--out", str(tmp_path / "run2")]
+    assert main([*args, "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run2" / "summary.json").read_text())["lr"] == 0.5
+
+
+def test_bad_sweeps_fail_in_one_line(tmp_path, capsys):
+    out = str(tmp_path / "sweep")
+    assert main(["sweep", "--out", out, "--grid", "widht=16,32"]) == 2
+    assert "unknown sweep axis 'widht'" in capsys.readouterr().err
+    assert main(["sweep", "--out", out, "--range", "dropout=0:0.5"]) == 2
+    assert "--sampler tpe needs --trials N" in capsys.readouterr().err
+    with pytest.raises(SweepError, match="both a fixed setting and a sweep axis"):
+        SweepSpec(out=out, settings={"width": 16}, grid={"width": [16, 32]}).validate()
+    spec = SweepSpec(out=out, settings=TINY, grid={"log2_lr": [-8]})
+    spec.validate()
+    open_study(spec, create=True)
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        open_study(SweepSpec(out=out, settings=TINY, grid={"log2_lr": [-6]}))
