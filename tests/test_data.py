@@ -9,6 +9,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -561,3 +563,107 @@ def test_loaded_dataset_pickles(tmp_path):
     copy = pickle.loads(pickle.dumps(loaded.dataset))
     assert type(copy) is type(loaded.dataset) and torch.equal(copy.y, loaded.dataset.y)
     assert copy.processed_dir == str(loaded.path / "processed")
+
+
+def fake_download(monkeypatch, damage=None) -> list[str]:
+    """Make ``ogb``'s download produce the shipped ogbg-molesol (optionally damaged) as if it
+    came from OGB's server; return the URLs asked for."""
+    import ogb.graphproppred.dataset_pyg as module
+
+    urls = []
+
+    def download_url(url: str, folder: str) -> str:
+        urls.append(url)
+        staged = Path(folder) / "esol"  # what extract_zip makes of OGB's esol.zip
+        shutil.copytree(EMBEDDED, staged)
+        if damage:
+            damage(staged)
+        return str(touch(Path(folder) / "esol.zip"))
+
+    monkeypatch.setattr(module, "decide_download", lambda url: True)
+    monkeypatch.setattr(module, "download_url", download_url)
+    monkeypatch.setattr(module, "extract_zip", lambda path, folder: None)
+    return urls
+
+
+def test_downloaded_files_are_verified_then_processed_atomically(tmp_path, monkeypatch):
+    urls = fake_download(monkeypatch)
+    loaded = load_dataset("ogbg-molesol", tmp_path)
+    assert urls == [data._meta("ogbg-molesol")["url"]] and len(loaded.dataset) == 1128
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ogbg_molesol"]  # no temporaries
+    assert leftovers(tmp_path / "ogbg_molesol") == [".pyg_mup_verified", "processed"]
+
+
+def test_damaged_download_is_named_and_leaves_no_cache(tmp_path, monkeypatch):
+    fake_download(monkeypatch, on("raw/edge.csv.gz", lambda lines: lines[:-4]))
+    one_line_error(
+        r"ogbg_molesol/raw/edge\.csv\.gz has 15,424 rows", name="ogbg-molesol", root=tmp_path
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ogbg_molesol"]
+    assert leftovers(tmp_path / "ogbg_molesol") == []
+
+
+@needs_shared
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_shared_datasets_pass_verification_with_their_md5sums(name):
+    data.verify_files(name, SHARED / data.folder_name(name), SHARED / "MD5SUMS")
+
+
+def tiny_node_dataset(root: Path) -> Path:
+    """``root/ogbn_arxiv`` in OGB's raw layout: 20 nodes, 40 edges, a time split."""
+    rng = np.random.default_rng(0)
+    folder = root / "ogbn_arxiv"
+    tables = {
+        "raw/edge.csv.gz": rng.integers(0, 20, (40, 2)),
+        "raw/node-feat.csv.gz": rng.normal(size=(20, 4)),
+        "raw/node-label.csv.gz": rng.integers(0, 40, (20, 1)),
+        "raw/node_year.csv.gz": rng.integers(2000, 2020, (20, 1)),
+        "raw/num-node-list.csv.gz": [[20]],
+        "raw/num-edge-list.csv.gz": [[40]],
+        "split/time/train.csv.gz": np.arange(12)[:, None],
+        "split/time/valid.csv.gz": np.arange(12, 16)[:, None],
+        "split/time/test.csv.gz": np.arange(16, 20)[:, None],
+    }
+    for rel, rows in tables.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(
+            gzip.compress(pd.DataFrame(rows).to_csv(header=False, index=False).encode())
+        )
+    (folder / data.marker("ogbn-arxiv")).write_text("synthetic\n")
+    return folder
+
+
+def test_node_level_files_are_checked_against_the_node_count(tmp_path):
+    folder = tiny_node_dataset(tmp_path)
+    data.verify_files("ogbn-arxiv", folder)
+    on("raw/node_year.csv.gz", lambda lines: lines[:-1])(folder)
+    with pytest.raises(
+        DatasetError,
+        match=r"raw/node_year\.csv\.gz has 19 rows, but the sum of raw/num-node-list\.csv\.gz",
+    ):
+        data.verify_files("ogbn-arxiv", folder)
+    folder = tiny_node_dataset(tmp_path / "b")
+    on("split/time/test.csv.gz", set_line(0, "20"))(folder)
+    with pytest.raises(
+        DatasetError, match=r"index 20 is outside \[0, 20\) \(the dataset has 20 nodes\)"
+    ):
+        data.verify_files("ogbn-arxiv", folder)
+
+
+def test_binary_release_is_checked_for_its_splits(tmp_path):
+    folder = tmp_path / "ogbn_papers100M"
+    (folder / "raw").mkdir(parents=True)
+    np.savez(folder / "raw/data.npz", num_nodes_list=np.array([30]), edge_index=np.zeros((2, 0)))
+    np.savez(folder / "raw/node-label.npz", node_label=np.zeros((30, 1)))
+    for part, index in (("train", "0\n1\n"), ("valid", "2\n"), ("test", "30\n")):
+        path = folder / "split/time" / f"{part}.csv.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(index.encode()))
+    (folder / data.marker("ogbn-papers100M")).write_text("synthetic\n")
+    with pytest.raises(
+        DatasetError, match=r"split/time/test\.csv\.gz line 1: index 30 is outside \[0, 30\)"
+    ):
+        data.verify_files("ogbn-papers100M", folder)
+    (folder / "raw/data.npz").write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match=r"raw/data\.npz cannot be read as OGB's data\.npz"):
+        data.verify_files("ogbn-papers100M", folder)
