@@ -180,3 +180,65 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, capsys):
     assert code == 128 + signal.SIGINT
     assert "stopped by SIGINT" in stdout
     check_stopped_and_resume(out, signal.SIGINT, tmp_path, capsys)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = [*TINY, "--batch-size", "8", "--clip-grad", "0", "--out", str(out)]
+    assert run_cli([*base, "--epochs", "1"], tmp_path, capsys)[0] == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    code, stdout, err = run_cli(
+        [*base, "--overwrite", "--lr", "1e12", "--epochs", "2"], tmp_path, capsys
+    )
+    assert code == 3
+    assert err.startswith("pyg-mup: diverged: training loss is nan at epoch 1, step ")
+    assert err.count("\n") == 1 and "try a smaller --lr" in err and "no checkpoint" in err
+    assert "Traceback" not in stdout + err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epochs_completed"] == 0
+    assert not (out / "checkpoint.pt").exists()
+    assert good  # --overwrite removed the earlier run's; a later epoch's divergence keeps it:
+
+
+def test_divergence_after_an_epoch_keeps_that_epochs_checkpoint(tmp_path, capsys, monkeypatch):
+    from pyg_mup.train import loop
+
+    out = tmp_path / "run"
+    real_step = loop._Run._step
+
+    def poisoned(self, batch):  # epoch 2 produces a nan loss, as a diverging lr does
+        if self.progress.epoch == 1 and not hasattr(self, "poisoned"):
+            self.poisoned = terms = self.objective.loss_terms
+            self.objective.loss_terms = lambda pred, y: (
+                terms(pred, y)[0] * float("nan"),
+                terms(pred, y)[1],
+            )
+        return real_step(self, batch)
+
+    monkeypatch.setattr(loop._Run, "_step", poisoned)
+    code, _, err = run_cli([*TINY, "--epochs", "3", "--out", str(out)], tmp_path, capsys)
+    assert code == 3
+    assert "training loss is nan at epoch 2, step 1" in err
+    assert "the checkpoint of epoch 1 (the last good one)" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epochs_completed"] == 1
+    from pyg_mup.train import checkpoint
+
+    assert checkpoint.load(out / "checkpoint.pt")["progress"]["epoch"] == 1
+
+
+def test_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "file" / "sub")], tmp_path, capsys)
+    assert_one_line_error(code, err, f"{tmp_path / 'file'} is a file, not a folder")
+
+
+def test_cuda_on_a_machine_without_it_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli(
+        [*TINY, "--device", "cuda", "--out", str(tmp_path / "r")], tmp_path, capsys
+    )
+    assert_one_line_error(code, err, "--device cuda: no CUDA device is available here")
+    assert not (tmp_path / "r").exists()
