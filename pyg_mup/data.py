@@ -254,6 +254,17 @@ def _fingerprint(folder: Path, under: str | None = None) -> str:
     return digest.hexdigest()
 
 
+def _skip_caches(folder: Path) -> Callable[[str, list[str]], list[str]]:
+    """A ``shutil.copytree`` ``ignore`` that leaves out ``folder``'s processed caches and
+    dot-names (only at its top level, where this module puts them)."""
+
+    def ignore(where: str, names: list[str]) -> list[str]:
+        top = Path(where) == folder
+        return [name for name in names if top and not _is_release_file(Path(name))]
+
+    return ignore
+
+
 def _writable(path: Path) -> bool:
     """Whether ``path`` may be written. The mode bits count too: root passes ``os.access`` even
     on a folder without write bits, such as the read-only ``shared/`` copy CI lays out."""
@@ -291,9 +302,7 @@ def _cached_copy(folder: Path, cache_dir: Path) -> Path:
             "pass a writable cache_dir or set $PYG_MUP_CACHE"
         ) from error
     try:
-        shutil.copytree(
-            folder, tmp / folder.name, ignore=shutil.ignore_patterns("processed*", ".*")
-        )
+        shutil.copytree(folder, tmp / folder.name, ignore=_skip_caches(folder))
         for path in (tmp / folder.name).rglob("*"):
             path.chmod(path.stat().st_mode | 0o200)
         if target.exists():
@@ -774,10 +783,11 @@ def _construct(
                 processed_dir=work,
                 md5sums=md5sums,
             )
-    except (OSError, EOFError, SystemExit, RuntimeError) as error:
+    except BaseException as error:
         if work != processed:
             shutil.rmtree(work, ignore_errors=True)
-        if existed or isinstance(error, DatasetError):
+        download_failed = isinstance(error, (OSError, EOFError, SystemExit, RuntimeError))
+        if existed or isinstance(error, DatasetError) or not download_failed:
             raise
         # ogb leaves an empty folder behind a failed download; without its marker that folder
         # would turn the next attempt into a "has no RELEASE marker" error.
@@ -787,10 +797,6 @@ def _construct(
             f"{name} is not in {root} and ogb could not download it ({reason}); "
             f"{_download_help(name, root)}"
         ) from error
-    except BaseException:
-        if work != processed:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
     if work != processed:
         _install(work, processed, folder, description)
         dataset._processed_dir = str(processed)
