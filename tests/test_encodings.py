@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
 from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
 
 from pyg_mup.data import load_dataset
@@ -143,6 +144,19 @@ def test_transform_is_deterministic_and_leaves_the_rng_alone(molecules):
 def graph_batch(molecules: list[Data], count: int = 6) -> Batch:
     transform = encoding_transform(SPECS)
     return Batch.from_data_list([transform(m) for m in molecules[:count]])
+
+
+def test_usable_as_the_datasets_pre_transform(tmp_path, molecules):
+    """Stored once by ``load_dataset``; the cached values are the transform's (deterministic)."""
+    data = load_dataset("ogbg-molesol", pre_transform=encoding_transform(SPECS), cache_dir=tmp_path)
+    for i in (0, 5):
+        expected = encoding_transform(SPECS)(molecules[i])
+        assert torch.equal(data.dataset[i].lap_pe, expected.lap_pe)
+        assert torch.equal(data.dataset[i].rwse, expected.rwse)
+    batch = next(iter(DataLoader(data.dataset, batch_size=32)))
+    encodings = encodings_of(batch, SPECS)
+    out = NodeEncodings(SPECS, 8)(encodings, batch.edge_index, batch.num_nodes, batch.batch)
+    assert out.shape == (batch.num_nodes, 8)
 
 
 def test_encodings_of_picks_stored_tensors(molecules):
