@@ -524,6 +524,8 @@ def test_pre_transform_is_cached_per_transform(tmp_path, monkeypatch):
 
     plain = load_dataset("ogbg-molesol", tmp_path)
     assert "rwse" not in plain.dataset[0] and len(runs) == 3
+    assert torch.equal(load_dataset("ogbg-molesol", tmp_path).dataset.x, plain.dataset.x)
+    assert len(runs) == 3  # the plain cache is reused too
     # every run processed into a temporary folder beside the cache it became
     assert all(r.startswith(".ogbg_molesol.processed") for r in runs)
     folder = tmp_path / "ogbg_molesol"
