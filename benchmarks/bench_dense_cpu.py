@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import common  # noqa: E402
 from benchmarks.common import fmt  # noqa: E402
 from pyg_mup.data import load_dataset  # noqa: E402
-from pyg_mup.graph.layout import packed_graph_starts  # noqa: E402
+from pyg_mup.graph.layout import Layout, pack_layout, packed_graph_starts, slot_layout  # noqa: E402
 from pyg_mup.nn.dense import dense_block_attention  # noqa: E402
 from pyg_mup.score_mods import pair_bias  # noqa: E402
 
@@ -69,20 +69,24 @@ Step = Callable[[], None]
 
 
 # ------------------------------------------------------------------------------------ inputs
-def molhiv_sizes(root: str) -> np.ndarray:
-    """Node counts of the training graphs of ogbg-molhiv."""
+def molhiv_graphs(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """Node and (directed) edge counts of the training graphs of ogbg-molhiv."""
     data = load_dataset("ogbg-molhiv", root=root)
-    sizes = data.dataset.slices["x"].diff().numpy()
-    return sizes[data.split_idx["train"].numpy()]
+    train = data.split_idx["train"].numpy()
+    slices = data.dataset.slices
+    return slices["x"].diff().numpy()[train], slices["edge_index"].diff().numpy()[train]
 
 
-def draw_batch(sizes: np.ndarray, cap: int | None, count: int, rng: np.random.Generator):
+def draw_batch(graphs: tuple[np.ndarray, np.ndarray], cap: int | None, count: int, rng):
+    """Node counts ``[G]`` of a random batch (in random order) and its number of edges."""
+    sizes, edges = graphs
     if cap is None:
-        large = rng.choice(sizes[sizes > 128], size=1)
-        drawn = np.concatenate([large, rng.choice(sizes, size=count - 1, replace=False)])
+        large = rng.choice(np.flatnonzero(sizes > 128), size=1)
+        drawn = np.concatenate([large, rng.choice(sizes.size, size=count - 1, replace=False)])
     else:
-        drawn = rng.choice(sizes[sizes <= cap], size=count, replace=False)
-    return torch.from_numpy(rng.permutation(drawn)).long()
+        drawn = rng.choice(np.flatnonzero(sizes <= cap), size=count, replace=False)
+    drawn = rng.permutation(drawn)
+    return torch.from_numpy(sizes[drawn]).long(), int(edges[drawn].sum())
 
 
 def projections(num_nodes: int, generator: torch.Generator) -> list[Tensor]:
@@ -101,13 +105,11 @@ def fwd_bwd(attention: Callable[[], Tensor], grad: Tensor, leaves: list[Tensor])
     return step
 
 
-def slots_of(sizes: Tensor, block: int) -> tuple[Tensor, Tensor, int]:
-    """``node_slot [N]``, ``graph_start [G]`` and the padded sequence length of the pack layout."""
-    start, length = packed_graph_starts(sizes, block)
-    ptr = sizes.cumsum(0) - sizes
-    graph = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-    node_slot = start[graph] + torch.arange(int(sizes.sum())) - ptr[graph]
-    return node_slot, start, math.ceil(length / block) * block
+def packed(sizes: Tensor, block: int) -> tuple[Layout, Tensor]:
+    """The pack layout padded to whole blocks, and the first slot of each graph."""
+    starts, length = packed_graph_starts(sizes.tolist(), block)
+    layout = pack_layout(sizes.tolist(), block, torch.device("cpu"))
+    return slot_layout(layout.node_slot, math.ceil(length / block) * block), torch.tensor(starts)
 
 
 def flat_rows(node_graph: Tensor, start: Tensor, sizes: Tensor) -> tuple[Tensor, int]:
@@ -123,9 +125,9 @@ def flat_rows(node_graph: Tensor, start: Tensor, sizes: Tensor) -> tuple[Tensor,
 # ------------------------------------------------------------------------------ global steps
 def global_dense(sizes: Tensor, block: int, inputs: list[Tensor], bias: Tensor | None) -> Step:
     query, key, value, grad = inputs
-    node_slot, start, length = slots_of(sizes, block)
-    node_graph = torch.full((length,), -1)
-    node_graph[node_slot] = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    layout, start = packed(sizes, block)
+    graph, node = torch.repeat_interleave(torch.arange(sizes.numel()), sizes), layout.node_of_slot
+    node_graph = torch.where(node >= 0, graph[node.clamp(min=0)], -1)  # [S], -1 = padding
     flat_row, flat_size = flat_rows(node_graph, start, sizes)
 
     def same_graph(b, h, q, kv):
@@ -137,17 +139,12 @@ def global_dense(sizes: Tensor, block: int, inputs: list[Tensor], bias: Tensor |
 
     score_mod = pair_bias(flat_index, bias) if bias is not None else None
 
-    def to_slots(x: Tensor) -> Tensor:
-        slots = x.new_zeros((length, *x.shape[1:]))
-        slots[node_slot] = x
-        return slots
-
     def attention() -> Tensor:
+        q, k, v = (layout.to_slots(x) for x in (query, key, value))
         out = dense_block_attention(
-            to_slots(query), to_slots(key), to_slots(value), block_size=block, scale=SCALE,
-            score_mod=score_mod, mask_mod=same_graph,
-        )  # fmt: skip
-        return out[node_slot]
+            q, k, v, block_size=block, scale=SCALE, score_mod=score_mod, mask_mod=same_graph
+        )
+        return layout.from_slots(out)
 
     return fwd_bwd(attention, grad, [query, key, value, *([bias] if bias is not None else [])])
 
@@ -264,25 +261,33 @@ def local_message_passing(src: Tensor, dst: Tensor, inputs: list[Tensor], bias) 
 
 
 # --------------------------------------------------------------------------------- timing
-def median_ms(cases: dict[str, Step], rounds: int) -> dict[str, float]:
-    """Each case once per round (interleaved, so load drifts hit all alike), after a warm-up."""
+def timed(cases: dict[str, Step], args) -> dict[str, dict]:
+    """``{name: {ms (median), min_ms, runs}}``: each case once per round (interleaved, so load
+    drifts hit all cases alike) after a warm-up; a case leaves the rounds once it has run
+    ``--case-budget`` seconds and ``--min-rounds`` times (the slow baselines)."""
     for step in cases.values():
         step()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         for name, step in cases.items():
+            ms = times[name]
+            if len(ms) >= args.min_rounds and sum(ms) > args.case_budget * 1e3:
+                continue
             start = time.perf_counter()
             step()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(ms) for name, ms in times.items()}
+            ms.append((time.perf_counter() - start) * 1e3)
+    return {
+        name: dict(ms=statistics.median(ms), min_ms=min(ms), runs=len(ms))
+        for name, ms in times.items()
+    }
 
 
-def run_global(sizes: np.ndarray, args, generator: torch.Generator) -> list[dict]:
+def run_global(graphs: tuple, args, generator: torch.Generator) -> list[dict]:
     rng = np.random.default_rng(args.seed)
     records = []
     for num_graphs in args.num_graphs:
         for cap in CAPS:
-            batch = draw_batch(sizes, cap, num_graphs, rng)
+            batch, edges = draw_batch(graphs, cap, num_graphs, rng)
             largest, nodes = int(batch.max()), int(batch.sum())
             inputs = projections(nodes, generator)
             for mods in ("mask", "mask+bias") if cap in BIAS_CAPS else ("mask",):
@@ -296,19 +301,21 @@ def run_global(sizes: np.ndarray, args, generator: torch.Generator) -> list[dict
                 fitting = [block for block in BLOCK_SIZES if block >= largest]
                 for block in fitting[: LARGER_BLOCKS + 1]:
                     cases[f"dense {block}"] = global_dense(batch, block, inputs, bias)
-                ms = median_ms(cases, args.rounds)
-                for name, value in ms.items():
+                times = timed(cases, args)
+                for name, time_of in times.items():
                     backend, _, block = name.partition(" ")
-                    slots = slots_of(batch, int(block))[2] if block else None
-                    records.append(dict(
+                    record = dict(
                         num_graphs=num_graphs, cap=cap, largest=largest, nodes=nodes,
-                        pairs=int((batch * batch).sum()), mods=mods, backend=backend,
-                        block_size=int(block) if block else None, slots=slots,
-                        scores=slots * int(block) if block else None, ms=value,
-                        vs_mp=value / ms["mp"],
-                    ))  # fmt: skip
-                print(f"global {num_graphs} graphs cap {cap} {mods}: "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)  # fmt: skip
+                        pairs=int((batch * batch).sum()), edges=edges, mods=mods, backend=backend,
+                        **time_of, vs_mp=time_of["ms"] / times["mp"]["ms"],
+                    )  # fmt: skip
+                    if block:  # slots: padded to whole blocks; local share: edges per B² entry
+                        slots = packed(batch, int(block))[0].seq_len
+                        record.update(block_size=int(block), slots=slots,
+                                      local_share=edges / (slots * int(block)))  # fmt: skip
+                    records.append(record)
+                print(f"global {num_graphs} graphs cap {cap} {mods}: " + ", ".join(
+                    f"{k} {v['ms']:.1f}" for k, v in times.items()), flush=True)  # fmt: skip
     return records
 
 
@@ -327,20 +334,23 @@ def run_local(args, generator: torch.Generator) -> list[dict]:
                 edges[density] = src.numel()
                 cases[f"dense {density}"] = local_dense(block, src, dst, inputs, bias)
                 cases[f"mp {density}"] = local_message_passing(src, dst, inputs, bias)
-            ms = median_ms(cases, args.rounds)
+            times = timed(cases, args)
             for density in DENSITIES:
-                dense, mp = ms[f"dense {density}"], ms[f"mp {density}"]
+                dense, mp = times[f"dense {density}"], times[f"mp {density}"]
                 records.append(dict(
                     block_size=block, mods=mods, density=density, edges=edges[density],
-                    dense_ms=dense, mp_ms=mp, dense_vs_mp=dense / mp,
+                    dense_ms=dense["ms"], mp_ms=mp["ms"], dense_vs_mp=dense["ms"] / mp["ms"],
+                    dense_min_ms=dense["min_ms"], mp_min_ms=mp["min_ms"],
+                    dense_vs_mp_min=dense["min_ms"] / mp["min_ms"],
                 ))  # fmt: skip
             print(f"local B {block} {mods}: " + ", ".join(
-                f"1/{round(1 / d)} {ms[f'dense {d}']:.1f}/{ms[f'mp {d}']:.1f}" for d in DENSITIES
+                f"1/{round(1 / d)} {times[f'dense {d}']['ms']:.1f}/{times[f'mp {d}']['ms']:.1f}"
+                for d in DENSITIES
             ), flush=True)  # fmt: skip
     return records
 
 
-def crossovers(local: list[dict]) -> list[dict]:
+def crossovers(local: list[dict], ratio: str = "dense_vs_mp") -> list[dict]:
     """Share of filled entries per block above which dense stays faster, per block size and mods:
     interpolated (log-log) past the densest grid point where message passing still won; 0 when
     dense won everywhere, ``None`` when it never won."""
@@ -348,7 +358,7 @@ def crossovers(local: list[dict]) -> list[dict]:
     for block in LOCAL_BLOCKS:
         for mods in ("mask", "mask+bias"):
             rows = [r for r in local if r["block_size"] == block and r["mods"] == mods]
-            losing = [i for i, r in enumerate(rows) if r["dense_vs_mp"] > 1]
+            losing = [i for i, r in enumerate(rows) if r[ratio] > 1]
             if not rows:
                 continue
             if not losing:
@@ -357,10 +367,10 @@ def crossovers(local: list[dict]) -> list[dict]:
                 share = None
             else:
                 low, high = rows[losing[-1]], rows[losing[-1] + 1]
-                a, b = math.log(low["dense_vs_mp"]), math.log(high["dense_vs_mp"])
+                a, b = math.log(low[ratio]), math.log(high[ratio])
                 t = a / (a - b)
                 share = low["density"] ** (1 - t) * high["density"] ** t
-            found.append(dict(block_size=block, mods=mods, crossover_density=share))
+            found.append(dict(block_size=block, mods=mods, ratio=ratio, crossover_density=share))
     return found
 
 
@@ -374,7 +384,7 @@ def global_table(records: list[dict]) -> str:
     rows = []
     for key in sorted({(r["num_graphs"], cap_of(r), r["mods"]) for r in records}):
         group = [r for r in records if (r["num_graphs"], cap_of(r), r["mods"]) == key]
-        by = {(r["backend"], r["block_size"]): r["ms"] for r in group}
+        by = {(r["backend"], r.get("block_size")): r["ms"] for r in group}
         mp, first = by[("mp", None)], group[0]
         cap = "≤" + str(first["cap"]) if first["cap"] else ">128"
         cells = [str(key[0]), f"{first['largest']} ({cap})", str(first["nodes"]), key[2]]
@@ -402,14 +412,35 @@ def crossover_table(found: list[dict]) -> str:
             return "never"
         return "below the grid" if value == 0 else f"{value:.4f} (1/{1 / value:.0f})"
 
-    rows = [[str(c["block_size"]), c["mods"], share(c["crossover_density"])] for c in found]
-    return common.table(["B", "mods", "dense faster above share:"], rows)
+    by = {(c["block_size"], c["mods"], c["ratio"]): c["crossover_density"] for c in found}
+    rows = [
+        [str(block), mods, share(by[block, mods, "dense_vs_mp"]),
+         share(by.get((block, mods, "dense_vs_mp_min")))]
+        for block, mods, ratio in by if ratio == "dense_vs_mp"
+    ]  # fmt: skip
+    return common.table(["B", "mods", "from medians:", "from minima:"], rows)
+
+
+def local_share_table(records: list[dict]) -> str:
+    """What molhiv's own edges fill of the packed blocks (its local attention's share)."""
+    shares = {}
+    for r in records:
+        if r["backend"] == "dense" and r["mods"] == "mask":
+            shares.setdefault((r["num_graphs"], r["largest"]), {})[r["block_size"]] = r
+    rows = [
+        [str(graphs), str(largest)]
+        + [fmt(by[b]["local_share"], ".4f") if b in by else "" for b in BLOCK_SIZES]
+        for (graphs, largest), by in shares.items()
+    ]
+    return common.table(["graphs", "largest graph", *[f"B {b}:" for b in BLOCK_SIZES]], rows)
 
 
 def markdown(global_records: list[dict], local: list[dict], found: list[dict]) -> str:
     parts = [
         "Global attention, forward+backward median ms (dense: its ratio to mp)",
         global_table(global_records),
+        "Share of the packed blocks' entries that molhiv's edges fill (local attention)",
+        local_share_table(global_records),
     ]
     if local:
         parts += [
@@ -425,7 +456,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="/work/shared/data", help="OGB datasets folder")
     parser.add_argument("--num-graphs", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (at most)")
+    parser.add_argument("--min-rounds", type=int, default=3)
+    parser.add_argument("--case-budget", type=float, default=2.0, help="seconds per case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-local", action="store_true")
@@ -438,11 +471,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
     load_before, began = os.getloadavg(), time.perf_counter()
-    global_records = run_global(molhiv_sizes(args.root), args, generator)
+    global_records = run_global(molhiv_graphs(args.root), args, generator)
     local = [] if args.skip_local else run_local(args, generator)
-    cross = crossovers(local)
+    cross = crossovers(local) + crossovers(local, "dense_vs_mp_min")
     env = common.environment(
         torch.device("cpu"), heads=HEADS, channels=CHANNELS, dtype="float32", rounds=args.rounds,
+        min_rounds=args.min_rounds, case_budget_s=args.case_budget,
         load_average_before=load_before, load_average_after=os.getloadavg(),
         wall_s=time.perf_counter() - began,
     )  # fmt: skip
