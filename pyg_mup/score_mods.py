@@ -9,14 +9,12 @@ tensors that require grad receive gradients through both paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
-MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-IndexFn = Callable[[Tensor, Tensor], Tensor]
+from pyg_mup.graph.signatures import IndexFn, MaskMod, ScoreMod
+
+__all__ = ["IndexFn", "MaskMod", "ScoreMod", "compose", "pair_bias", "sigmoid_gate"]
 
 
 def pair_bias(row_of: IndexFn, table: Tensor) -> ScoreMod:

@@ -108,6 +108,7 @@ def test_flex_equals_message_passing(sizes, edges_per_graph, mode, gated, block_
         mode=mode,
         block_size=block_size,
         max_distance=options.get("max_distance"),
+        flex=True,
     )
     with torch.no_grad():
         expected = message_passing(x, edge_index, batch=batch, structure=structure, **inputs)
@@ -429,10 +430,10 @@ def test_layout_is_invisible_to_the_caller(mode, layout, backend):
         13, in_channels=8, out_channels=4, heads=2, mode=mode, block_size=16, **GATED
     )
     layer = message_passing if backend == "message_passing" else flex
-    build = {"mode": mode, "max_distance": 3, "block_size": 16}
-    plain = GraphStructure.build(edge_index, x.size(0), batch, **build)
+    build = {"mode": mode, "max_distance": 3, "block_size": 16, "flex": True}
+    plain = GraphStructure.build(edge_index, x.size(0), batch, layout=None, **build)
     laid_out = GraphStructure.build(edge_index, x.size(0), batch, layout=layout, **build)
-    assert laid_out.node_slot is not None
+    assert laid_out.layout.node_slot is not None
     with torch.no_grad():
         expected = message_passing(x, edge_index, batch=batch, structure=plain, **inputs)
         out = layer(x, edge_index, batch=batch, structure=laid_out, **inputs)
@@ -455,7 +456,7 @@ def test_hash_lookup_gives_the_same_layer_output(mode):
     x, edge_index, batch = random_batch([6, 13, 4], 18, generator)
     inputs = _edge_inputs(edge_index, generator)
     message_passing, flex = _twins(14, in_channels=8, out_channels=4, heads=2, mode=mode, **GATED)
-    build = {"mode": mode, "max_distance": 3, "block_size": 8}
+    build = {"mode": mode, "max_distance": 3, "block_size": 8, "flex": True}
     tiles = GraphStructure.build(edge_index, x.size(0), batch, lookup="tiles", **build)
     hashed = GraphStructure.build(edge_index, x.size(0), batch, lookup="hash", **build)
     with torch.no_grad():
@@ -468,33 +469,45 @@ def test_hash_lookup_gives_the_same_layer_output(mode):
 def test_auto_backend_uses_flex_on_cuda_only_where_blocks_are_dense():
     """Sparse local structures (a molecule batch: ~1/150 of each 128×128 tile is an edge) run
     message passing even on CUDA; global structures and dense local ones run FlexAttention; in
-    between, the threshold depends on the compute dtype (bf16 tiles are cheaper)."""
+    between, the threshold depends on the compute dtype (bf16 tiles are cheaper). On the CPU,
+    global structures whose graphs fit a block run the dense backend."""
     from types import SimpleNamespace
 
-    from pyg_mup.nn.attention import FLEX_MIN_BLOCK_DENSITY
+    from pyg_mup.graph.blocks import FLEX_MIN_BLOCK_DENSITY
+    from pyg_mup.nn.backends import resolve_backend
 
     _, edge_index, batch = random_batch([20] * 40, 3, torch.Generator().manual_seed(0))
     num_nodes = batch.numel()
-    sparse = GraphStructure.build(edge_index, num_nodes, batch, mode="local")
-    whole = GraphStructure.build(edge_index, num_nodes, batch, mode="global")
+    sparse = GraphStructure.build(edge_index, num_nodes, batch, mode="local", flex=True)
+    whole = GraphStructure.build(edge_index, num_nodes, batch, mode="global", flex=True)
+    packed_for_cpu = GraphStructure.build(edge_index, num_nodes, batch, mode="global")
     block = torch.arange(16)
     clique = torch.cartesian_prod(block, block).t().contiguous()
-    dense = GraphStructure.build(clique, 16, mode="local", block_size=16)
+    dense = GraphStructure.build(clique, 16, mode="local", block_size=16, flex=True)
     assert sparse.block_density < min(FLEX_MIN_BLOCK_DENSITY.values())
     assert whole.block_density == 1.0 and dense.block_density == 1.0
 
-    conv = FlexGraphConv(8, 4, heads=2)
-    on_cuda = SimpleNamespace(is_cuda=True, dtype=torch.float32)
-    on_cpu = SimpleNamespace(is_cuda=False, dtype=torch.float32)
-    assert conv._resolve_backend(on_cuda, sparse) == "message_passing"
-    assert conv._resolve_backend(on_cuda, whole) == "flex"
-    assert conv._resolve_backend(on_cuda, dense) == "flex"
-    assert conv._resolve_backend(on_cpu, whole) == "message_passing"
-    sixteenth = GraphStructure.build(clique[:, ::16], 16, mode="local", block_size=16)
+    def query(is_cuda=True, dtype=torch.float32, channels=16):
+        return SimpleNamespace(is_cuda=is_cuda, dtype=dtype, size=lambda dim: channels)
+
+    def resolve(q, structure, **flags):
+        flags = {"need_weights": False, "dropout": False, **flags}
+        return resolve_backend("auto", q, structure, **flags)
+
+    assert resolve(query(), sparse) == "message_passing"
+    assert resolve(query(), whole) == "flex"
+    assert resolve(query(), dense) == "flex"
+    assert resolve(query(is_cuda=False), packed_for_cpu) == "dense"
+    assert resolve(query(is_cuda=False), sparse) == "message_passing"
+    sixteenth = GraphStructure.build(clique[:, ::16], 16, mode="local", block_size=16, flex=True)
     assert sixteenth.block_density == 1 / 16
-    thirty_second = GraphStructure.build(clique[:, ::32], 16, mode="local", block_size=16)
-    in_bf16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
-    assert conv._resolve_backend(in_bf16, thirty_second) == "flex"
-    assert conv._resolve_backend(on_cuda, thirty_second) == "message_passing"
-    assert conv._resolve_backend(on_cuda, sixteenth) == "flex"
-    assert FlexGraphConv(8, 4, backend="flex")._resolve_backend(on_cuda, sparse) == "flex"
+    thirty_second = GraphStructure.build(
+        clique[:, ::32], 16, mode="local", block_size=16, flex=True
+    )
+    assert resolve(query(dtype=torch.bfloat16), thirty_second) == "flex"
+    assert resolve(query(), thirty_second) == "message_passing"
+    assert resolve(query(), sixteenth) == "flex"
+    with pytest.warns(UserWarning, match="below FlexAttention's CUDA minimum"):
+        assert resolve(query(channels=8), whole) == "message_passing"
+    assert resolve(query(), whole, need_weights=True) == "message_passing"
+    assert resolve(query(), whole, dropout=True) == "message_passing"

@@ -49,7 +49,7 @@ def test_custom_distance_decay_attention_on_both_backends(layout):
     x, edge_index, batch = random_batch([9, 14, 5], 10, generator)
     pos = torch.randn(x.size(0), 3, generator=generator)
     structure = GraphStructure.build(
-        edge_index, x.size(0), batch, mode="global", block_size=8, layout=layout
+        edge_index, x.size(0), batch, mode="global", block_size=8, layout=layout, flex=True
     )
     pos_in_slots = structure.to_slots(pos)  # mods index by slot; identity without a layout
     torch.manual_seed(0)

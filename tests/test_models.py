@@ -9,7 +9,7 @@ from torch_geometric.data import Batch, Data
 
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
 from pyg_mup.mup import MuAdamW, build_mup_model, set_base_shapes, width_infos
-from pyg_mup.structure import GraphStructure
+from pyg_mup.graph import GraphStructure
 
 ATOM_DIMS, BOND_DIMS = get_atom_feature_dims(), get_bond_feature_dims()
 
@@ -53,13 +53,13 @@ def test_graph_transformer_shapes_and_gradients(attention):
 @pytest.mark.parametrize("attention", ["local", "global", "both"])
 def test_structure_is_built_once_per_batch(attention, monkeypatch):
     calls = []
-    build = GraphStructure.build.__func__
+    build = GraphStructure.build
 
-    def counting(cls, *args, **kwargs):
+    def counting(*args, **kwargs):
         calls.append(kwargs.get("mode"))
-        return build(cls, *args, **kwargs)
+        return build(*args, **kwargs)
 
-    monkeypatch.setattr(GraphStructure, "build", classmethod(counting))
+    monkeypatch.setattr(GraphStructure, "build", staticmethod(counting))
     model = sp(GraphTransformer(1, width=16, layers=3, heads=2, attention=attention))
     run(model, batch_of([4, 6]))
     expected = ["local", "global"] if attention == "both" else [attention]

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from pyg_mup.graph import GraphStructure
 from pyg_mup.nn import FlexGraphConv
-from pyg_mup.structure import GraphStructure
+
+from .local_branch import LocalBranch
 
 ATTENTION_KINDS = ("local", "global", "both")
 
 
 class TransformerBlock(nn.Module):
-    r"""``h ← h + Σ_a Drop(Attn_a(LN(h)))``, then ``h ← h + Drop(FFN(LN(h)))``.
+    r"""``h ← h + Σ_a Drop(Branch_a(LN(h)))``, then ``h ← h + Drop(FFN(LN(h)))``.
 
-    ``attention`` picks the attention branches: ``'local'`` (a :class:`FlexGraphConv` along the
-    edges), ``'global'`` (within each graph, with edge biases and hop-distance gates up to
-    ``max_distance``), or ``'both'``, whose two branches read the same normalised input and are
-    summed, as in GPS. Dropout sits on the residual branches and inside the FFN, not on the
-    attention weights (the FlexAttention backend has none).
+    The branches read the same normalised input and are summed, as in GPS: ``attention`` picks
+    the attention branches — ``'local'`` (a :class:`FlexGraphConv` along the edges),
+    ``'global'`` (within each graph, with edge biases and hop-distance gates up to
+    ``max_distance``) or ``'both'`` — and ``local_branch`` adds a message-passing branch
+    (:class:`~pyg_mup.models.local_branch.LocalBranch`: ``'gine'`` or ``'gated'``), GPS's local
+    MPNN. Dropout sits on the residual branches and inside the FFN; ``attention_dropout`` on the
+    attention weights (message-passing and dense backends).
 
     Args:
         width: model width ``heads * head_channels``.
@@ -27,6 +31,9 @@ class TransformerBlock(nn.Module):
         edge_dim: size of encoded edge features (``None``: no edge bias).
         max_distance: largest hop distance the global branch embeds (``None``: none).
         ffn_ratio: FFN hidden size over ``width``.
+        local_branch: ``None``, ``'gine'`` or ``'gated'``.
+        attention_dropout: dropout on attention weights.
+        backend: attention backend (see :class:`~pyg_mup.nn.MuPFlexAttention`).
 
     Shapes: ``h`` ``[N, width]`` → ``[N, width]``; ``edge_attr`` ``[E, edge_dim]``.
     """
@@ -40,6 +47,9 @@ class TransformerBlock(nn.Module):
         edge_dim: int | None = None,
         max_distance: int | None = None,
         ffn_ratio: int = 2,
+        local_branch: str | None = None,
+        attention_dropout: float = 0.0,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_KINDS:
@@ -55,12 +65,16 @@ class TransformerBlock(nn.Module):
                     width,
                     width // heads,
                     heads=heads,
-                    dropout=0.0,
+                    dropout=attention_dropout,
                     edge_dim=edge_dim,
                     mode=mode,
                     root_weight=False,
                     max_distance=max_distance if mode == "global" else None,
+                    backend=backend,
                 )
+        self.local_branch = (
+            LocalBranch(local_branch, width, edge_dim) if local_branch is not None else None
+        )
         self.norm_ffn = nn.LayerNorm(width)
         self.ffn = nn.Sequential(
             nn.Linear(width, ffn_ratio * width),
@@ -71,16 +85,14 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self,
-        h: Tensor,
-        edge_index: Tensor,
-        edge_attr: Tensor | None,
-        batch: Tensor | None,
-        structures: dict[str, GraphStructure],
+        self, h: Tensor, structures: dict[str, GraphStructure], edge_attr: Tensor | None
     ) -> Tensor:
-        """``structures[mode]`` is the batch's prebuilt structure for each attention branch."""
+        """``structures[mode]``: the batch's structure for each attention branch (any one of them
+        holds the edges the message-passing branch runs on)."""
         x = self.norm_attn(h)
         for mode, conv in self.attn.items():
-            out = conv(x, edge_index, edge_attr, batch=batch, structure=structures[mode])
-            h = h + self.dropout(out)
+            h = h + self.dropout(conv(x, edge_attr=edge_attr, structure=structures[mode]))
+        if self.local_branch is not None:
+            edge_index = next(iter(structures.values())).edge_index
+            h = h + self.dropout(self.local_branch(x, edge_index, edge_attr))
         return h + self.dropout(self.ffn(self.norm_ffn(h)))

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
+from pyg_mup.graph import GraphStructure, StructureSpec
 from pyg_mup.mup import MuReadout
-from pyg_mup.structure import GraphStructure
 
 from .block import TransformerBlock
 from .encoders import FeatureEncoder, FeatureSpec
+from .encodings import NodeEncodings
 
 
 class GraphTransformer(nn.Module):
     r"""Encoders → ``layers`` pre-norm Transformer blocks → LayerNorm → mean pool → readout.
 
-    The attention structure of a batch (block mask, pair look-ups, hop distances) is built once
-    in :meth:`forward` and shared by every block. The readout is a :class:`MuReadout`, so the
-    model is μP-ready: wrap its construction in :func:`pyg_mup.mup.build_mup_model` for μP, or
-    call ``set_base_shapes(model, None)`` for the standard-parametrization twin.
+    The attention structures of a batch (block masks, pair tables, hop distances) are built once
+    per batch and shared by every block: in the data loader (:meth:`structure_spec` gives what to
+    build, :mod:`pyg_mup.graph.collate`), passed as ``structures=``, or here in :meth:`forward`
+    when none are given. The readout is a :class:`MuReadout`, so the model is μP-ready: wrap its
+    construction in :func:`pyg_mup.mup.build_mup_model` for μP, or call
+    ``set_base_shapes(model, None)`` for the standard-parametrization twin.
 
     Args:
         out_channels: predictions per graph (tasks, or classes for multi-class).
@@ -36,6 +41,14 @@ class GraphTransformer(nn.Module):
             fixed size would be a readout under μP.
         ffn_ratio: FFN hidden size over ``width``.
         readout_zero_init: start the readout at zero (predictions start at the bias).
+        local_branch: a message-passing branch in every block (``'gine'``, ``'gated'``), GPS's
+            local MPNN beside attention; ``None``: none.
+        encodings: structural/positional encodings added to the node embeddings, e.g.
+            ``('rwse:16', 'lap:8', 'degree')`` (:mod:`pyg_mup.models.encodings`; stored ones are
+            computed by the dataset's ``pre_transform``).
+        attention_dropout: dropout on attention weights.
+        backend: attention backend of every layer (``'auto'``: see
+            :func:`pyg_mup.nn.backends.resolve_backend`).
 
     Shapes: ``x`` ``[N, F]`` (or ``None``), ``edge_index`` ``[2, E]``, ``edge_attr``
     ``[E, F_e]``, ``batch`` ``[N]`` → ``[num_graphs, out_channels]``.
@@ -55,44 +68,42 @@ class GraphTransformer(nn.Module):
         edge_channels: int = 32,
         ffn_ratio: int = 2,
         readout_zero_init: bool = True,
+        local_branch: str | None = None,
+        encodings: Sequence[str] = (),
+        attention_dropout: float = 0.0,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.width = width
         self.attention = attention
         self.max_distance = max_distance if attention != "local" else None
         self.node_encoder = FeatureEncoder(node_features, width)
+        self.encodings = NodeEncodings(encodings, width) if encodings else None
         self.edge_encoder = FeatureEncoder(edge_features, edge_channels) if edge_features else None
         edge_dim = edge_channels if edge_features else None
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                width, heads, attention, dropout, edge_dim, self.max_distance, ffn_ratio
+                width,
+                heads,
+                attention,
+                dropout,
+                edge_dim,
+                self.max_distance,
+                ffn_ratio,
+                local_branch=local_branch,
+                attention_dropout=attention_dropout,
+                backend=backend,
             )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)
         self.head = MuReadout(width, out_channels, readout_zero_init=readout_zero_init)
 
-    def structures(
-        self, edge_index: Tensor, num_nodes: int, batch: Tensor | None
-    ) -> dict[str, GraphStructure]:
-        """The batch's structure for each attention mode the blocks use, built once.
-
-        On CUDA, global attention packs graphs into FlexAttention blocks (``layout='pack'``:
-        0.46× the dense GPS branch instead of 0.74× on an H200, same function); the CPU path
-        (message passing) gains nothing from it.
-        """
+    def structure_spec(self, target: str = "cpu") -> StructureSpec:
+        """What to build per batch for this model running on ``target`` (``'cpu'``/``'cuda'``):
+        give it to a :class:`~pyg_mup.graph.StructureLoader` to build structures in the loader."""
         modes = ("local", "global") if self.attention == "both" else (self.attention,)
-        return {
-            mode: GraphStructure.build(
-                edge_index,
-                num_nodes,
-                batch,
-                mode=mode,
-                max_distance=self.max_distance if mode == "global" else None,
-                layout="pack" if mode == "global" and edge_index.is_cuda else None,
-            )
-            for mode in modes
-        }
+        return StructureSpec(modes, self.max_distance, target)
 
     def forward(
         self,
@@ -102,14 +113,27 @@ class GraphTransformer(nn.Module):
         batch: Tensor | None = None,
         num_graphs: int | None = None,
         num_nodes: int | None = None,
+        *,
+        structures: dict[str, GraphStructure] | None = None,
+        encodings: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        """Predict ``[num_graphs, out_channels]``; pass ``num_graphs`` to skip a device sync."""
+        """Predict ``[num_graphs, out_channels]``.
+
+        ``num_graphs`` (host-known, e.g. ``batch.num_graphs``) and prebuilt ``structures`` keep
+        the forward free of host syncs; ``encodings`` holds the stored node encodings
+        (:func:`~pyg_mup.models.encodings.encodings_of`).
+        """
         if num_nodes is None:
             num_nodes = x.size(0) if x is not None else int(batch.numel())
+        if structures is None:
+            structures = self.structure_spec(edge_index.device.type).build(
+                edge_index, num_nodes, batch
+            )
         h = self.node_encoder(x, num_nodes)
+        if self.encodings is not None:
+            h = h + self.encodings(encodings or {}, edge_index, num_nodes, batch)
         e = self.edge_encoder(edge_attr, edge_index.size(1)) if self.edge_encoder else None
-        structures = self.structures(edge_index, num_nodes, batch)
         for block in self.blocks:
-            h = block(h, edge_index, e, batch, structures)
+            h = block(h, structures, e)
         pooled = global_mean_pool(self.norm(h), batch, size=num_graphs)
         return self.head(pooled)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from pyg_mup.graph import GraphStructure
 from pyg_mup.mup import MuReadout
-from pyg_mup.structure import GraphStructure
 
 from .block import TransformerBlock
 from .encoders import FeatureEncoder, FeatureSpec
@@ -68,5 +68,5 @@ class NodeTransformer(nn.Module):
         e = self.edge_encoder(edge_attr, edge_index.size(1)) if self.edge_encoder else None
         structures = {"local": GraphStructure.build(edge_index, num_nodes, mode="local")}
         for block in self.blocks:
-            h = block(h, edge_index, e, None, structures)
+            h = block(h, structures, e)
         return self.head(self.norm(h))

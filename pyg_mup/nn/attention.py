@@ -10,34 +10,21 @@ where it is fast (CUDA) and message passing where FlexAttention has no backward 
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import cache
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention.flex_attention import and_masks, flex_attention
+from torch.nn.parameter import UninitializedParameter
 from torch_geometric.nn import Linear, MessagePassing
-from torch_geometric.utils import softmax
 
-from pyg_mup.checks import check_node_features
-from pyg_mup.score_mods import MaskMod, ScoreMod
-from pyg_mup.structure import GraphStructure
+from pyg_mup.graph import GraphStructure
+from pyg_mup.graph.checks import check_dtype, check_node_features, check_positive_int
+from pyg_mup.graph.signatures import MaskMod, ScoreMod
 
-BACKENDS = ("auto", "flex", "message_passing")
-FLEX_MIN_BLOCK_DENSITY = {torch.bfloat16: 1 / 64, torch.float16: 1 / 64, torch.float32: 1 / 16}
-"""``backend='auto'`` on CUDA uses FlexAttention when at least this share of the scores it
-computes are attention pairs (:attr:`GraphStructure.block_density`), message passing below; per
-compute dtype (others: float32's). Measured on an H200 (benchmarks/README.md, "Where FlexAttention
-starts to pay"): FlexAttention's time hardly grows with the share of its tiles that hold edges,
-message passing's grows with the edges, and they cross between 1/128 and 1/64 in bf16 and near
-1/16 in float32."""
-
-
-@cache
-def _compiled_flex_attention():
-    """One compiled FlexAttention per process (compiling per call would recompile every time)."""
-    return torch.compile(flex_attention)
+from . import backends
+from .backends import BACKENDS
 
 
 class MuPFlexAttention(MessagePassing):
@@ -55,21 +42,28 @@ class MuPFlexAttention(MessagePassing):
     ``attn_mult * sqrt(d_base) / d`` once μP base shapes are set (``base_head_channels``).
 
     Subclass it and override :meth:`score_mod` (and optionally :meth:`mask_mod`) to write a new
-    graph attention; both backends and μP come from this class.
+    graph attention; every backend and μP come from this class. A keyword given to
+    :meth:`forward` reaches the hook(s) whose signature names it (or takes ``**inputs``).
+
+    Non-finite inputs: a NaN or inf in one node's features reaches the queries that attend to
+    it, on every backend, and no other node — in particular no node of another graph of the
+    batch (the blocked backends zero non-finite value entries, see
+    :func:`~pyg_mup.nn.backends.confine_non_finite`).
 
     Args:
         in_channels: input size, or ``(src, dst)`` sizes for bipartite graphs.
         out_channels: channels per head ``d``.
         heads: number of heads ``H``.
         concat: concatenate heads (output ``H * d``) or average them (output ``d``).
-        dropout: dropout on attention weights (message-passing backend only; the flex backend
-            raises in training if it is non-zero).
+        dropout: dropout on attention weights (message-passing and dense backends; the flex
+            backend raises in training if it is non-zero, and ``'auto'`` avoids it then).
         bias: learn biases in the projections.
         root_weight: add the skip projection of the target node's own features.
-        backend: ``'flex'``, ``'message_passing'``, or ``'auto'``: message passing on CPU
-            (FlexAttention has no backward there); on CUDA, flex unless the structure's blocks
-            are mostly empty (:data:`FLEX_MIN_BLOCK_DENSITY`, per dtype: sparse local attention,
-            where a gather per edge is faster than FlexAttention's 128×128 tiles).
+        backend: ``'flex'``, ``'message_passing'``, ``'dense'`` or ``'auto'``
+            (:func:`pyg_mup.nn.backends.resolve_backend`): on CUDA, FlexAttention unless the
+            structure's blocks are mostly empty (sparse local attention, where a gather per edge
+            is faster than 128×128 tiles); on the CPU, the blocked dense backend for global
+            structures whose graphs fit one block, message passing otherwise.
         attn_mult: constant multiplier of the attention logits (a μP hyperparameter).
 
     Shapes:
@@ -94,9 +88,13 @@ class MuPFlexAttention(MessagePassing):
         super().__init__(node_dim=0, **kwargs)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        for name, value in (("out_channels", out_channels), ("heads", heads)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(out_channels, "out_channels")
+        check_positive_int(heads, "heads")
+        for channels in in_channels if isinstance(in_channels, tuple) else (in_channels,):
+            if isinstance(channels, bool) or not isinstance(channels, int) or channels < -1:
+                raise ValueError(
+                    f"in_channels must be an int (-1: lazy) or a pair of them, got {in_channels!r}"
+                )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.in_channels = in_channels
@@ -108,6 +106,7 @@ class MuPFlexAttention(MessagePassing):
         self.backend = backend
         self.attn_mult = float(attn_mult)
         self.base_head_channels: int | None = None
+        self._hook_names = _hook_parameters(type(self))  # read once: signatures do not change
 
         src_channels, dst_channels = (
             in_channels if isinstance(in_channels, tuple) else (in_channels, in_channels)
@@ -164,7 +163,7 @@ class MuPFlexAttention(MessagePassing):
         return_attention_weights: bool | None = None,
         **inputs,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Attend over ``structure``; ``inputs`` are passed to the mod hooks.
+        """Attend over ``structure``; ``inputs`` go to the mod hooks that declare them.
 
         With ``return_attention_weights=True`` also returns ``(pairs [2, P], alpha [P, H])`` over
         ``structure.attention_pairs``, as node indices (computed on the message-passing path).
@@ -185,6 +184,12 @@ class MuPFlexAttention(MessagePassing):
 
         Returns ``(out, alpha)`` where ``alpha`` is ``[P_att, H]`` if ``need_weights`` else None.
         """
+        if not isinstance(structure, GraphStructure):
+            raise TypeError(
+                f"structure must be a GraphStructure, got {type(structure).__name__} (build one "
+                "with GraphStructure.build(edge_index, num_nodes, ...); FlexGraphConv takes "
+                "edge_index directly)"
+            )
         x_src, x_dst = self._split_features(x)
         if (x_src.size(0), x_dst.size(0)) != (structure.num_src, structure.num_dst):
             raise ValueError(
@@ -192,25 +197,53 @@ class MuPFlexAttention(MessagePassing):
                 f"was built for ({structure.num_src}, {structure.num_dst})"
             )
         heads, channels = self.heads, self.out_channels
-        query = structure.to_slots(self.lin_query(x_dst).view(-1, heads, channels))
+        query = structure.to_slots(self.lin_query(x_dst).view(-1, heads, channels))  # [S, H, d]
         key = structure.to_slots(self.lin_key(x_src).view(-1, heads, channels))
         value = structure.to_slots(self.lin_value(x_src).view(-1, heads, channels))
-        use_flex = not need_weights and self._resolve_backend(query, structure) == "flex"
-        if use_flex:  # the block mask before the mods: in local mode it builds the pair look-up,
-            structure.block_mask  # noqa: B018  so the mods capture its tensors, not lazy code
-        score_mod = self.score_mod(structure, **inputs)
-        mask_mod = self.mask_mod(structure, **inputs)
+        backend = backends.resolve_backend(
+            self.backend, query, structure, need_weights, self.training and self.dropout > 0
+        )
+        if need_weights and backend != "message_passing":
+            raise ValueError(
+                f"return_attention_weights=True runs message passing, but backend={backend!r} "
+                "was asked for: use backend='auto' or 'message_passing'"
+            )
+        bound = structure.bind(backend)
+        score_inputs, mask_inputs = _route(type(self).__name__, self._hook_names, inputs)
+        score_mod = self.score_mod(bound, **score_inputs)
+        mask_mod = self.mask_mod(bound, **mask_inputs)
 
         alpha = None
-        if not use_flex:
-            out, alpha = self._message_passing(query, key, value, structure, score_mod, mask_mod)
+        if backend == "message_passing":
+            alpha = backends.message_passing_weights(
+                query, key, bound, score_mod, mask_mod, self.scale
+            )
+            dropped = F.dropout(alpha, p=self.dropout, training=self.training)
+            out = self.propagate(
+                bound.attention_pairs,
+                value=value,
+                alpha=dropped,
+                size=(bound.seq_src, bound.seq_dst),
+            )
+        elif backend == "dense":
+            out = backends.dense(
+                query,
+                key,
+                value,
+                bound,
+                score_mod,
+                mask_mod,
+                self.scale,
+                self.dropout,
+                self.training,
+            )
         else:
             if self.training and self.dropout > 0:
                 raise ValueError(
                     "attention dropout is not supported by the flex backend: use dropout=0.0 "
-                    "(and dropout outside the attention) or backend='message_passing'"
+                    "(and dropout outside the attention), backend='auto' or 'message_passing'"
                 )
-            out = self._flex(query, key, value, structure, score_mod, mask_mod)
+            out = backends.flex(query, key, value, bound, score_mod, mask_mod, self.scale)
 
         out = structure.from_slots(out)
         out = out.reshape(-1, heads * channels) if self.concat else out.mean(dim=1)
@@ -225,89 +258,26 @@ class MuPFlexAttention(MessagePassing):
             else (self.in_channels, self.in_channels)
         )
         if isinstance(x, Tensor):
+            if isinstance(self.in_channels, tuple) and src_channels != dst_channels:
+                raise TypeError(
+                    f"this layer is bipartite (in_channels={self.in_channels}): pass x as a pair "
+                    "(x_src, x_dst)"
+                )
             check_node_features(x, "x", src_channels)
+            self._check_dtype(x, "x")
             return x, x
         if not isinstance(x, tuple | list) or len(x) != 2:
             raise TypeError("x must be a tensor [N, F] or a pair (x_src, x_dst)")
         check_node_features(x[0], "x[0] (source nodes)", src_channels)
         check_node_features(x[1], "x[1] (target nodes)", dst_channels)
+        self._check_dtype(x[0], "x[0] (source nodes)")
+        self._check_dtype(x[1], "x[1] (target nodes)")
         return x[0], x[1]
 
-    def _resolve_backend(self, query: Tensor, structure: GraphStructure) -> str:
-        if self.backend != "auto":
-            return self.backend
-        threshold = FLEX_MIN_BLOCK_DENSITY.get(query.dtype, FLEX_MIN_BLOCK_DENSITY[torch.float32])
-        if query.is_cuda and structure.block_density >= threshold:
-            return "flex"
-        return "message_passing"
-
-    def _flex(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        structure: GraphStructure,
-        score_mod: ScoreMod | None,
-        mask_mod: MaskMod | None,
-    ) -> Tensor:
-        """FlexAttention over the structure's block mask: ``[N_dst, H, d]``."""
-        if structure.seq_dst == 0 or structure.seq_src == 0:
-            return query.new_zeros(query.shape)
-        if not query.is_cuda and torch.is_grad_enabled() and query.requires_grad:
-            raise ValueError(
-                "backend='flex' on CPU runs forward only (torch has no FlexAttention backward on "
-                "CPU): use backend='auto' or 'message_passing', or call under torch.no_grad()"
-            )
-        block_mask = structure.block_mask
-        if mask_mod is not None:
-            block_mask = structure.block_mask_with(and_masks(structure.mask_mod(), mask_mod))
-        attention = _compiled_flex_attention() if query.is_cuda else flex_attention
-        out = attention(
-            query.transpose(0, 1).unsqueeze(0),
-            key.transpose(0, 1).unsqueeze(0),
-            value.transpose(0, 1).unsqueeze(0),
-            score_mod=score_mod,
-            block_mask=block_mask,
-            scale=self.scale,
-        )
-        return out.squeeze(0).transpose(0, 1)
-
-    def _message_passing(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        structure: GraphStructure,
-        score_mod: ScoreMod | None,
-        mask_mod: MaskMod | None,
-    ) -> tuple[Tensor, Tensor]:
-        """The same attention as PyG message passing over explicit pairs.
-
-        Scores ``[P, H]`` are computed per (src j, dst i) pair, passed through the very mods the
-        flex backend uses (with ``[P, 1]`` indices), normalised per destination with
-        :func:`torch_geometric.utils.softmax`, and aggregated by :meth:`propagate`.
-        """
-        pairs = structure.attention_pairs
-        src, dst = pairs
-        score = (query[dst] * key[src]).sum(dim=-1) * self.scale
-        q_index, kv_index = structure.message_passing_indices
-        head = torch.arange(self.heads, device=query.device).unsqueeze(0)
-        batch_index = torch.zeros_like(q_index)
-        if score_mod is not None:
-            score = score_mod(score, batch_index, head, q_index, kv_index)
-        keep = None
-        if mask_mod is not None:
-            keep = mask_mod(batch_index, head, q_index, kv_index).expand_as(score)
-            score = score.masked_fill(~keep, torch.finfo(score.dtype).min)
-        alpha = softmax(score, dst, num_nodes=structure.seq_dst)
-        if keep is not None:
-            alpha = alpha * keep
-        weights = alpha
-        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        out = self.propagate(
-            pairs, value=value, alpha=alpha, size=(structure.seq_src, structure.seq_dst)
-        )
-        return out, weights
+    def _check_dtype(self, value: Tensor, name: str) -> None:
+        weight = self.lin_query.weight
+        if not isinstance(weight, UninitializedParameter):
+            check_dtype(value, name, weight.dtype)
 
     def message(self, value_j: Tensor, alpha: Tensor) -> Tensor:
         return value_j * alpha.unsqueeze(-1)
@@ -317,3 +287,45 @@ class MuPFlexAttention(MessagePassing):
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads})"
         )
+
+
+@cache
+def _hook_parameters(cls: type) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """The keywords each hook of ``cls`` declares (``None``: it takes ``**inputs``)."""
+
+    def names(hook) -> frozenset[str] | None:
+        parameters = list(inspect.signature(hook).parameters.values())[2:]  # self, structure
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        return frozenset(p.name for p in parameters)
+
+    return names(cls.score_mod), names(cls.mask_mod)
+
+
+def _route(
+    name: str, hook_names: tuple[frozenset[str] | None, frozenset[str] | None], inputs: dict
+) -> tuple[dict, dict]:
+    """Split ``forward``'s keywords between ``score_mod`` and ``mask_mod`` by their signatures
+    (``hook_names``, from :func:`_hook_parameters`); a keyword neither declares raises
+    ``TypeError`` naming it."""
+    score_names, mask_names = hook_names
+
+    def pick(allowed: frozenset[str] | None) -> dict:
+        return (
+            dict(inputs) if allowed is None else {k: v for k, v in inputs.items() if k in allowed}
+        )
+
+    unknown = [
+        name
+        for name in inputs
+        if score_names is not None
+        and mask_names is not None
+        and name not in score_names
+        and name not in mask_names
+    ]
+    if unknown:
+        raise TypeError(
+            f"{name}.forward got unexpected keyword(s) {', '.join(map(repr, unknown))}: "
+            "neither its score_mod nor its mask_mod declares them"
+        )
+    return pick(score_names), pick(mask_names)

@@ -6,11 +6,13 @@ import torch
 from torch import Tensor
 from torch.nn import Embedding, Parameter
 from torch_geometric.nn import Linear
-from torch_geometric.utils import is_sparse, scatter, to_edge_index
+from torch_geometric.typing import SparseTensor
+from torch_geometric.utils import is_sparse, is_torch_sparse_tensor, scatter, to_edge_index
+from torch_geometric.utils.sparse import set_sparse_value
 
-from pyg_mup.checks import check_edge_tensor
+from pyg_mup.graph import MODES, GraphStructure
+from pyg_mup.graph.checks import check_dtype, check_edge_tensor, check_positive_int
 from pyg_mup.score_mods import ScoreMod, compose, pair_bias, sigmoid_gate
-from pyg_mup.structure import MODES, GraphStructure
 
 from .attention import MuPFlexAttention
 
@@ -41,11 +43,13 @@ class FlexGraphConv(MuPFlexAttention):
     * distances :math:`d_{ij}` (``max_distance``): the caller's ``edge_distance`` where given, else
       shortest-path hop counts from ``j`` to ``i`` within each graph (global mode, computed once
       per batch by :class:`~pyg_mup.GraphStructure`) or 0/1 for self-loops/edges (local mode),
-      capped at ``max_distance``; unreachable pairs get ``max_distance + 1``.
+      in ``0 … max_distance``; farther and unreachable pairs get ``max_distance + 1``.
 
     The graph structure (block mask, look-ups, distances) is built once per batch: build it with
-    :meth:`GraphStructure.build` and pass ``structure=`` to every layer of a model, or let each
-    layer build its own. A structure built for other edges raises rather than being reused.
+    :meth:`GraphStructure.build` (or in the data loader, :mod:`pyg_mup.graph.collate`) and pass
+    ``structure=`` to every layer of a model, or let each layer build its own. A structure built
+    for other edges, another batch, or edges edited in place since raises rather than being
+    reused.
 
     Args:
         in_channels: input size, or ``(src, dst)`` sizes for bipartite graphs (local mode).
@@ -61,19 +65,23 @@ class FlexGraphConv(MuPFlexAttention):
             ``'message_passing'``.
         num_edge_types: number of edge types of ``edge_type``; enables the type gate.
         max_distance: largest hop distance embedded; enables the distance gate and bias.
-        block_size: FlexAttention block size of structures this layer builds.
-        layout: node layout of structures this layer builds (``None``, ``'rcm'`` for large
-            graphs in local mode, ``'pack'`` in global mode); see :mod:`pyg_mup.layout`.
+        block_size: block size of structures this layer builds (default: see
+            :meth:`GraphStructure.build`).
+        layout: node layout of structures this layer builds (``'auto'``: packed graphs in
+            global mode, none in local; ``None``; ``'rcm'`` for large graphs in local mode);
+            see :mod:`pyg_mup.graph.layout`.
         attn_mult: attention logit multiplier (μP hyperparameter).
 
     Shapes:
         - **input:** ``x`` ``[N, F]`` or ``([N_src, F_src], [N_dst, F_dst])``; ``edge_index``
           ``[2, E]`` or a sparse ``adj_t`` (``[N_dst, N_src]``: torch sparse COO/CSR/CSC or
-          ``SparseTensor``, whose stored entries are the edges in order); ``edge_attr``
-          ``[E, edge_dim]``; ``batch`` ``[N]``; ``edge_type``/``edge_distance`` ``[E]``.
+          ``SparseTensor``, whose stored entries are the edges in order; a ``SparseTensor``'s
+          values are the ``edge_attr`` when none is given); ``edge_attr`` ``[E, edge_dim]``;
+          ``batch`` ``[N]``; ``edge_type``/``edge_distance`` ``[E]``.
         - **output:** ``[N_dst, heads * out_channels]`` or ``[N_dst, out_channels]``, and with
           ``return_attention_weights=True`` also ``(edge_index [2, E], alpha [E, heads])``
-          (local) or ``(pairs [2, Σ n_g²], alpha [Σ n_g², heads])`` (global).
+          (local; for a sparse ``adj_t``, the weights in its sparse type, as in
+          ``TransformerConv``) or ``(pairs [2, Σ n_g²], alpha [Σ n_g², heads])`` (global).
     """
 
     def __init__(
@@ -90,8 +98,8 @@ class FlexGraphConv(MuPFlexAttention):
         backend: str = "auto",
         num_edge_types: int | None = None,
         max_distance: int | None = None,
-        block_size: int = 128,
-        layout: str | None = None,
+        block_size: int | None = None,
+        layout: str | None = "auto",
         attn_mult: float = 1.0,
         **kwargs,
     ):
@@ -103,9 +111,9 @@ class FlexGraphConv(MuPFlexAttention):
             ("edge_dim", edge_dim),
             ("num_edge_types", num_edge_types),
             ("max_distance", max_distance),
+            ("block_size", block_size),
         ):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            check_positive_int(value, name, allow_none=True)
         super().__init__(
             in_channels,
             out_channels,
@@ -149,25 +157,38 @@ class FlexGraphConv(MuPFlexAttention):
     def forward(
         self,
         x: Tensor | tuple[Tensor, Tensor],
-        edge_index: Tensor,
+        edge_index: Tensor | SparseTensor | None = None,
         edge_attr: Tensor | None = None,
         batch: Tensor | None = None,
         edge_type: Tensor | None = None,
         edge_distance: Tensor | None = None,
         structure: GraphStructure | None = None,
         return_attention_weights: bool | None = None,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Attend; see the class docstring for shapes. ``structure`` reuses a prebuilt one."""
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]] | tuple[Tensor, SparseTensor]:
+        """Attend; see the class docstring for shapes.
+
+        ``structure`` reuses a prebuilt one: then ``edge_index`` (and ``batch``) may be left out —
+        the structure holds them — or given, and checked against it.
+        """
+        if edge_index is None:
+            if structure is None:
+                raise TypeError("edge_index is required unless a prebuilt structure is given")
+            if return_attention_weights:
+                edge_index = structure.edge_index
         x_src, x_dst = self._split_features(x)
         num_src, num_dst = x_src.size(0), x_dst.size(0)
-        if is_sparse(edge_index):
-            if edge_index.size(0) != num_dst or edge_index.size(1) != num_src:
+        adj = edge_index if is_sparse(edge_index) else None
+        if adj is not None:
+            if adj.size(0) != num_dst or adj.size(1) != num_src:
                 raise ValueError(
                     f"sparse adj_t must have shape [N_dst, N_src]=[{num_dst}, {num_src}], "
-                    f"got {list(edge_index.shape)}"
+                    f"got {list(adj.shape) if isinstance(adj, Tensor) else list(adj.sizes())}"
                 )
-            adj_index, _ = to_edge_index(edge_index)
-            edge_index = adj_index.flip(0)
+            if edge_attr is None and isinstance(adj, SparseTensor):
+                edge_attr = adj.storage.value()
+            edge_index = to_edge_index(adj)[0].flip(0)
+        if edge_attr is not None and edge_attr.dtype.is_floating_point:
+            check_dtype(edge_attr, "edge_attr", self.lin_query.weight.dtype)
         if structure is None:
             structure = GraphStructure.build(
                 edge_index,
@@ -178,9 +199,10 @@ class FlexGraphConv(MuPFlexAttention):
                 edge_distance=edge_distance,
                 block_size=self.block_size,
                 layout=self.layout,
+                flex=True if self.backend == "flex" else None,
             )
         else:
-            self._check_structure(structure, edge_index, num_src, num_dst, edge_distance)
+            self._check_structure(structure, edge_index, num_src, num_dst, edge_distance, batch)
 
         out, alpha = self.attend(
             x, structure, bool(return_attention_weights), edge_attr=edge_attr, edge_type=edge_type
@@ -189,18 +211,21 @@ class FlexGraphConv(MuPFlexAttention):
             return out
         if self.mode == "global":
             return out, (structure.attention_pairs_of_nodes(), alpha)
-        return out, (
-            edge_index,
-            alpha[structure.edge_pair] * self._edge_share(structure, edge_attr),
-        )
+        alpha = alpha[structure.edge_pair] * self._edge_share(structure, edge_attr)
+        if isinstance(adj, SparseTensor):
+            return out, adj.set_value(alpha, layout="coo")
+        if adj is not None and is_torch_sparse_tensor(adj):
+            return out, (set_sparse_value(adj, alpha), alpha)
+        return out, (edge_index, alpha)
 
     def _check_structure(
         self,
         structure: GraphStructure,
-        edge_index: Tensor,
+        edge_index: Tensor | None,
         num_src: int,
         num_dst: int,
         edge_distance: Tensor | None,
+        batch: Tensor | None,
     ) -> None:
         if not isinstance(structure, GraphStructure):
             raise TypeError(f"structure must be a GraphStructure, got {type(structure).__name__}")
@@ -208,18 +233,23 @@ class FlexGraphConv(MuPFlexAttention):
             raise ValueError(
                 f"structure was built for mode={structure.mode!r}, layer is {self.mode!r}"
             )
-        if self.max_distance is not None and structure.max_distance != self.max_distance:
+        if self.max_distance is not None and (
+            structure.max_distance is None or structure.max_distance < self.max_distance
+        ):
             raise ValueError(
-                f"layer has max_distance={self.max_distance}; build the structure with it "
-                f"(got {structure.max_distance})"
+                f"layer has max_distance={self.max_distance}; build the structure with at least "
+                f"that max_distance (got {structure.max_distance})"
             )
         if edge_distance is not None:
             raise ValueError("pass edge_distance to GraphStructure.build, not with a structure")
-        if not structure.matches(edge_index, num_src, num_dst):
+        if (num_src, num_dst) != (structure.num_src, structure.num_dst) or (
+            edge_index is not None and not structure.matches(edge_index, num_src, num_dst)
+        ):
             raise ValueError(
-                "structure was built for another graph (edge_index or node counts differ): "
-                "build one GraphStructure per batch"
+                "structure was built for another graph (edge_index or node counts differ, or "
+                "edge_index was edited in place since): build one GraphStructure per batch"
             )
+        structure.check_batch(batch)
 
     # --------------------------------------------------------------------------- mods
     def score_mod(
@@ -234,7 +264,7 @@ class FlexGraphConv(MuPFlexAttention):
         so that FlexAttention's backward never funnels many scores into one row.
         """
         self._check_edge_inputs(structure, edge_attr, edge_type)
-        row_of = structure.pair_value_index()
+        row_of = structure.pair_row
         gate = None
         if self.gate_type is not None or self.gate_distance is not None:
             type_logits = (
@@ -289,7 +319,7 @@ class FlexGraphConv(MuPFlexAttention):
         shift shared by a whole row, and each query's row is its whole graph, so that equals
         giving edge pairs ``lse - no_edge_bias`` and the others 0 — which keeps ``no_edge_bias``
         out of the rows that every non-edge entry would otherwise read (see
-        :meth:`GraphStructure.pair_value_index` for why shared rows are slow).
+        :mod:`pyg_mup.graph.tables` for why shared rows are slow).
         """
         edge_bias = self._edge_bias(edge_attr)
         if edge_bias is None:
@@ -300,9 +330,7 @@ class FlexGraphConv(MuPFlexAttention):
         elif structure.has_parallel_edges:
             pair = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
         else:  # one edge per pair: the log-sum-exp is the edge's bias, reordered by pair
-            pair = edge_bias.new_empty(edge_bias.shape).index_copy(
-                0, structure.edge_pair, edge_bias
-            )
+            pair = structure.edge_to_pair(edge_bias)
         if self.no_edge_bias is not None:
             pair = pair - self.no_edge_bias.to(pair.dtype)
         return pair
@@ -310,8 +338,7 @@ class FlexGraphConv(MuPFlexAttention):
     def _pair_type_logits(self, structure: GraphStructure, edge_type: Tensor) -> Tensor:
         """``[P, H]`` type gate logits: the mean over each pair's parallel edges (so the gate is a
         property of the node pair, as the flex path needs)."""
-        per_edge = self.gate_type(edge_type.long())
-        return scatter(per_edge, structure.edge_pair, 0, structure.num_pairs, reduce="mean")
+        return structure.edge_to_pair(self.gate_type(edge_type.long()), reduce="mean")
 
     def _no_edge_type_logit(self) -> Tensor | None:
         """``[H]`` gate logit of pairs without an edge (global mode), or None."""

@@ -27,7 +27,13 @@ from pyg_mup.data import load_dataset, make_evaluator
 from . import checkpoint
 from .config import FULL_GRAPH_MAX_EDGES, ConfigError, TrainConfig, resumed_config
 from .distributed import Dist, all_reduce_sum, any_rank, barrier, gather_objects, setup, teardown
-from .factory import count_parameters, make_model, make_optimizer, make_scheduler
+from .factory import (
+    count_parameters,
+    dataset_transform,
+    make_model,
+    make_optimizer,
+    make_scheduler,
+)
 from .objective import Objective
 from .rundir import RunDir
 from .stopping import StopRequest
@@ -122,6 +128,8 @@ class _Run:
 
         checkpoint.seed_everything(config.seed)
         self.model = make_model(config, self.task, self.workload.example).to(device)
+        self.workload.prepare_for(self.model)
+        self._pending_loss: tuple[torch.Tensor, int, int] | None = None
         self.optimizer = make_optimizer(config, self.model)
         total_steps = config.epochs * self.workload.steps_per_epoch()
         self.scheduler = make_scheduler(config, self.optimizer, total_steps)
@@ -146,7 +154,9 @@ class _Run:
         """Load on the main rank first: it copies/processes the files the others then read."""
         if not self.dist.is_main:
             barrier()
-        data = load_dataset(self.config.dataset, self.config.root, self.config.cache_dir)
+        c = self.config
+        transform = dataset_transform(c) if c.dataset.startswith("ogbg-") else None
+        data = load_dataset(c.dataset, c.root, c.cache_dir, pre_transform=transform)
         if self.dist.is_main:
             barrier()
         return data
@@ -222,6 +232,7 @@ class _Run:
         with bar:
             for batch in self.workload.train_batches(p.epoch, p.step):
                 if any_rank(stop.requested, self.device):
+                    self._record_loss()
                     p.epoch_seconds += time.perf_counter() - started
                     return False
                 items += self._step(batch)
@@ -233,33 +244,46 @@ class _Run:
                     refresh=False,
                 )
                 bar.update()
+        self._record_loss()
         p.epoch_seconds += time.perf_counter() - started
         return True
 
     def _step(self, batch: Any) -> int:
-        """One optimizer step on this rank's share of a global batch; returns its size."""
+        """One optimizer step on this rank's share of a global batch; returns its size.
+
+        The step's loss is read on the host one step late (:meth:`_record_loss`): reading it
+        now would make the host wait for the device before it queues the next step.
+        """
         pred, y, weight = self.workload.forward(self.ddp, batch)
         loss_sum, count = self.objective.loss_terms(pred, y)
         loss_sum = loss_sum * weight
         totals = all_reduce_sum(torch.stack([loss_sum.detach(), count * weight]).double())
-        global_loss, global_count = totals.tolist()  # every rank sees the same values
-        if not math.isfinite(global_loss):
-            p = self.progress
-            raise Diverged(
-                f"training loss is {global_loss} at epoch {p.epoch + 1}, step {p.step + 1} "
-                f"(--lr {self.config.lr:g}); try a smaller --lr"
-            )
         # DDP averages gradients over ranks; scaling by world_size makes it the global-batch mean.
-        scale = self.dist.world_size / max(global_count, 1.0)
+        scale = (self.dist.world_size / totals[1].clamp(min=1.0)).to(loss_sum.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum * scale).backward()
         if self.config.clip_grad:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
+        self._record_loss()
+        self._pending_loss = (totals, self.progress.epoch, self.progress.step)
+        return self.workload.batch_size_of(batch)
+
+    def _record_loss(self) -> None:
+        """Add the last unread step's loss to the epoch's; stop if it is not finite."""
+        if self._pending_loss is None:
+            return
+        totals, epoch, step = self._pending_loss
+        self._pending_loss = None
+        global_loss, global_count = totals.tolist()  # every rank sees the same values
+        if not math.isfinite(global_loss):
+            raise Diverged(
+                f"training loss is {global_loss} at epoch {epoch + 1}, step {step + 1} "
+                f"(--lr {self.config.lr:g}); try a smaller --lr"
+            )
         self.progress.loss_sum += global_loss
         self.progress.loss_count += global_count
-        return self.workload.batch_size_of(batch)
 
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()

@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader
 from torch_geometric.data import Batch, Data
 
 from pyg_mup.data import OGBData
+from pyg_mup.graph import StructureCollater, StructuredBatch, StructureSpec
+from pyg_mup.models.encodings import encodings_of
 
 from .config import ConfigError
 from .distributed import Dist, gather_objects
@@ -44,8 +46,19 @@ def shard(indices: Tensor, dist: Dist) -> Tensor:
     return torch.tensor_split(indices, dist.world_size)[dist.rank]
 
 
-def _collate(items: list[Data]) -> Batch | None:
-    return Batch.from_data_list(items) if items else None
+class _Collate:
+    """``collate_fn``: graphs → :class:`StructuredBatch` with the model's structures (built
+    here, in the loader's workers), or ``None`` for an empty shard. Picklable for workers."""
+
+    def __init__(self, spec: StructureSpec | None) -> None:
+        self.structures = StructureCollater(spec) if spec is not None else None
+
+    def __call__(self, items: list[Data]) -> StructuredBatch | None:
+        if not items:
+            return None
+        if self.structures is None:
+            return StructuredBatch(Batch.from_data_list(items), {})
+        return self.structures(items)
 
 
 def _gather_in_order(parts: list[Tensor]) -> Tensor:
@@ -88,6 +101,9 @@ class _Workload:
     def num_train(self) -> int:
         return self.split["train"].numel()
 
+    def prepare_for(self, model: nn.Module) -> None:
+        """Read what ``model`` needs per batch (nothing, unless a workload says otherwise)."""
+
     def split_sizes(self) -> str:
         """``train/valid/test a/b/c`` for the run banner."""
         sizes = "/".join(str(self.split[k].numel()) for k in ("train", "valid", "test"))
@@ -126,9 +142,19 @@ class GraphWorkload(_Workload):
         self.num_workers = num_workers
         first = self.dataset[int(self.split["train"][0])]
         self.example = first
+        self.collate = _Collate(None)
+        self.encodings: tuple[str, ...] = ()
+
+    def prepare_for(self, model: nn.Module) -> None:
+        """Read what ``model`` needs per batch: its structures (``structure_spec``), built in
+        the loader from now on, and its stored node encodings."""
+        spec = getattr(model, "structure_spec", None)
+        self.collate = _Collate(spec(self.device.type) if spec is not None else None)
+        encoder = getattr(model, "encodings", None)
+        self.encodings = tuple(e for e in getattr(encoder, "encodings", ()) if e.attr_name)
         # A rank whose shard of the last global batch is empty still runs a forward pass (on
         # this graph, with zero weight) so that DDP's gradient all-reduce stays in step.
-        self.placeholder = Batch.from_data_list([first])
+        self.placeholder = self.collate([self.example])
 
     def steps_per_epoch(self) -> int:
         return math.ceil(self.num_train / self.batch_size)
@@ -149,29 +175,37 @@ class GraphWorkload(_Workload):
         return DataLoader(
             self.dataset,
             batch_sampler=plan,
-            collate_fn=_collate,
+            collate_fn=self.collate,
             num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),
         )
 
-    def forward(self, model: nn.Module, batch: Batch | None) -> tuple[Tensor, Tensor, float]:
+    def forward(
+        self, model: nn.Module, item: StructuredBatch | None
+    ) -> tuple[Tensor, Tensor, float]:
         """``(predictions, labels, weight)``; weight 0 marks the placeholder of an empty shard."""
         weight = 1.0
-        if batch is None:
-            batch, weight = self.placeholder, 0.0
-        batch = batch.to(self.device)
+        if item is None:
+            item, weight = self.placeholder, 0.0
+        item = item.to(self.device, non_blocking=True)
+        batch, extra = item.batch, {}
+        if item.structures:
+            extra["structures"] = item.structures
+        if self.encodings:
+            extra["encodings"] = encodings_of(batch, self.encodings)
         pred = model(
             batch.x,
             batch.edge_index,
             batch.edge_attr if "edge_attr" in batch else None,
             batch.batch,
-            batch.num_graphs,
-            batch.num_nodes,
+            num_graphs=batch.num_graphs,
+            **extra,
         )
         return pred, batch.y, weight
 
-    def batch_size_of(self, batch: Batch | None) -> int:
-        return 0 if batch is None else batch.num_graphs
+    def batch_size_of(self, item: StructuredBatch | None) -> int:
+        return 0 if item is None else item.batch.num_graphs
 
     @torch.no_grad()
     def predict(

@@ -66,7 +66,12 @@ def test_compiled_flex_matches_message_passing(dtype, mode, edges):
     flex = flex.to(dtype)
 
     structure = GraphStructure.build(
-        edge_index, x.size(0), batch, mode=mode, max_distance=options.get("max_distance")
+        edge_index,
+        x.size(0),
+        batch,
+        mode=mode,
+        max_distance=options.get("max_distance"),
+        flex=True,
     )
     x_ref = x.clone().requires_grad_()
     x_flex = x.to(dtype).requires_grad_()

@@ -56,6 +56,12 @@ class TileLookup:
 
         return lookup
 
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> TileLookup:
+        moved = object.__new__(TileLookup)
+        moved.block_size = self.block_size
+        moved.tile_of_block, moved.tiles = fn(self.tile_of_block), fn(self.tiles)
+        return moved
+
 
 class HashLookup:
     """Cuckoo hash of pair keys ``dst * num_src + src``.
@@ -116,6 +122,12 @@ class HashLookup:
             return found
 
         return lookup
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> HashLookup:
+        moved = object.__new__(HashLookup)
+        moved.num_src, moved.bits = self.num_src, self.bits
+        moved.keys, moved.slots = fn(self.keys), fn(self.slots)
+        return moved
 
 
 def _multiply_shift(key: Tensor, multiplier: int | Tensor, shift: int, size: int) -> Tensor:

@@ -1,0 +1,104 @@
+"""The training step: no host syncs given a collated batch, and a model that compiles whole.
+
+A CUDA step is host-bound when the host waits for the device (benchmarks/README.md: device busy
+6–9 % of the step on an H200). Every op whose output shape depends on tensor values, and every
+read of a value on the host, is such a wait; on the CPU :class:`~pyg_mup.profiling.OpCounter`
+finds them all, so these tests hold the step to zero on any machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyg_mup.data import load_dataset
+from pyg_mup.graph import StructureCollater
+from pyg_mup.models import GraphTransformer
+from pyg_mup.mup import MuAdamW, build_mup_model
+from pyg_mup.profiling import OpCounter
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    dataset = load_dataset("ogbg-molesol").dataset
+    return [dataset[i] for i in range(24)]
+
+
+def _model(attention: str, backend: str = "auto") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_mup_model(
+        lambda width: GraphTransformer(
+            1, width=width, layers=2, heads=2, attention=attention, dropout=0.1, backend=backend
+        ),
+        width=32,
+        base_width=16,
+    )
+
+
+def _step(model, optimizer, item) -> torch.Tensor:
+    batch = item.batch
+    pred = model(
+        batch.x,
+        batch.edge_index,
+        batch.edge_attr,
+        batch.batch,
+        num_graphs=batch.num_graphs,
+        num_nodes=batch.num_nodes,
+        structures=item.structures,
+    )
+    loss = torch.nn.functional.mse_loss(pred.squeeze(1), batch.y.squeeze(1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("attention", ["local", "global", "both"])
+def test_training_step_has_no_data_dependent_ops(graphs, attention):
+    model = _model(attention)
+    optimizer = MuAdamW(model, lr=1e-3, fused=True)  # torch's default Adam reads `step`
+    collate = StructureCollater(model.structure_spec("cpu"))
+    _step(model, optimizer, collate(graphs[:8]))  # optimizer state exists from here on
+    item = collate(graphs[8:16])
+    with OpCounter() as ops:
+        _step(model, optimizer, item)
+    assert ops.total > 100  # the counter saw the step
+    assert not ops.data_dependent, dict(ops.data_dependent)
+
+
+@pytest.mark.slow
+def test_compiled_model_has_no_graph_break_and_trains_like_eager(graphs):
+    """``torch.compile(fullgraph=True)`` of the model on the message-passing backend: no graph
+    break (fullgraph raises on one), and a few training steps give eager's losses."""
+    eager = _model("both", backend="message_passing")
+    compiled = _model("both", backend="message_passing")
+    compiled.load_state_dict(eager.state_dict())
+    eager.eval(), compiled.eval()  # dropout off: the two must see the same function
+    step_of = {}
+    for name, model in (("eager", eager), ("compiled", compiled)):
+        forward = (
+            torch.compile(model, fullgraph=True, dynamic=False) if name == "compiled" else model
+        )
+        optimizer = MuAdamW(model, lr=1e-3, fused=True)
+        collate = StructureCollater(model.structure_spec("cpu"))
+        losses = []
+        for start in range(0, 24, 8):
+            item = collate(graphs[start : start + 8])
+            batch = item.batch
+            pred = forward(
+                batch.x,
+                batch.edge_index,
+                batch.edge_attr,
+                batch.batch,
+                num_graphs=batch.num_graphs,
+                num_nodes=batch.num_nodes,
+                structures=item.structures,
+            )
+            loss = torch.nn.functional.mse_loss(pred.squeeze(1), batch.y.squeeze(1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        step_of[name] = losses
+    assert step_of["compiled"] == pytest.approx(step_of["eager"], abs=1e-5)
