@@ -14,6 +14,8 @@ from typing import Any
 
 from pyg_mup.data import EMBEDDED_DATASET
 from pyg_mup.models import ATTENTION_KINDS
+from pyg_mup.models.encodings import parse_encodings
+from pyg_mup.models.local_branch import LOCAL_BRANCH_KINDS
 
 RESUMABLE = frozenset(
     {
@@ -89,6 +91,15 @@ def _neighbors(text: str) -> tuple[int, ...]:
         return tuple(int(n) for n in text.split(","))
     except ValueError:
         raise ValueError(f"expected counts like 15,10, got {text!r}") from None
+
+
+def _encoding_specs(text: str) -> tuple[str, ...]:
+    specs = tuple(spec for spec in text.split(",") if spec)
+    parse_encodings(specs)  # a bad spec fails here, naming itself
+    return specs
+
+
+MODEL_KINDS = ("transformer", "gine")
 
 
 @dataclass
@@ -175,6 +186,29 @@ class TrainConfig:
         "start every attention query projection at zero (Tensor Programs V's zero-query init)",
         flag="store_true",
     )
+    model: str = setting(
+        "transformer",
+        "model",
+        "GraphTransformer, or the GINE + virtual node baseline (graph datasets)",
+        choices=MODEL_KINDS,
+    )
+    local_branch: str = setting(
+        "none",
+        "model",
+        "a message-passing branch beside attention in every block (GPS's local MPNN)",
+        choices=("none", *LOCAL_BRANCH_KINDS),
+    )
+    pe: tuple[str, ...] = setting(
+        (),
+        "model",
+        "node encodings, comma-separated: rwse:K (random-walk), lap:K (Laplacian "
+        "eigenvectors), degree; computed once per dataset (default: none)",
+        metavar="SPECS",
+        parse=_encoding_specs,
+    )
+    attention_dropout: float = setting(
+        0.0, "model", "dropout on attention weights (message-passing and dense backends)"
+    )
     # optimisation
     epochs: int = setting(60, "optimisation", "total epochs, also when resuming")
     batch_size: int = setting(
@@ -244,8 +278,13 @@ class TrainConfig:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.node_batching not in NODE_BATCHING:
             raise ConfigError(f"--node-batching must be one of {', '.join(NODE_BATCHING)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        try:
+            parse_encodings(self.pe)
+        except ValueError as error:
+            raise ConfigError(f"--pe: {error}") from None
         for name in ("lr",):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be positive")
@@ -272,14 +311,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["num_neighbors"] = list(self.num_neighbors)
+        out["pe"] = list(self.pe)
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
-        if "num_neighbors" in values:
-            values["num_neighbors"] = tuple(values["num_neighbors"])
+        for name in ("num_neighbors", "pe"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def explicit_fields(self) -> set[str]:

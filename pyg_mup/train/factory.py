@@ -23,9 +23,13 @@ from torch import nn
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform, Compose
 
 from pyg_mup.data import Task
+from pyg_mup.graph import AddHopDistance
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
+from pyg_mup.models.encodings import encoding_transform
+from pyg_mup.models.gine import GINEVirtualNode
 from pyg_mup.mup import (
     ALPHAS,
     MuAdamW,
@@ -58,9 +62,32 @@ def model_builder(config: TrainConfig, task: Task, example: Data) -> Callable[[i
     )
     if task.level == "node":
         return lambda width: NodeTransformer(width=width, **common)
+    if config.model == "gine":
+        del common["heads"]
+        return lambda width: GINEVirtualNode(width=width, encodings=config.pe, **common)
     return lambda width: GraphTransformer(
-        width=width, attention=config.attention, max_distance=config.max_distance, **common
+        width=width,
+        attention=config.attention,
+        max_distance=config.max_distance,
+        local_branch=None if config.local_branch == "none" else config.local_branch,
+        encodings=config.pe,
+        attention_dropout=config.attention_dropout,
+        **common,
     )
+
+
+def dataset_transform(config: TrainConfig) -> BaseTransform | None:
+    """The ``pre_transform`` the run's model reads: hop distances for global attention and the
+    stored node encodings, computed once per dataset and cached with it."""
+    transforms = []
+    if config.model == "transformer" and config.attention != "local":
+        transforms.append(AddHopDistance())
+    encodings = encoding_transform(config.pe)
+    if encodings is not None:
+        transforms.append(encodings)
+    if not transforms:
+        return None
+    return transforms[0] if len(transforms) == 1 else Compose(transforms)
 
 
 def make_model(config: TrainConfig, task: Task, example: Data) -> nn.Module:
