@@ -33,12 +33,12 @@ class Packed:
 
 def pack(sizes: list[int], block_size: int, extra_blocks: int = 0) -> Packed:
     """Next-fit packing by :func:`packed_graph_starts`, padded to whole blocks (plus extras)."""
-    size = torch.tensor(sizes)
-    start, length = packed_graph_starts(size, block_size)
+    starts, length = packed_graph_starts(sizes, block_size)
     slots = (-(-length // block_size) + extra_blocks) * block_size
     node_graph = torch.full((slots,), -1)
-    for graph, (first, count) in enumerate(zip(start.tolist(), sizes, strict=True)):
+    for graph, (first, count) in enumerate(zip(starts, sizes, strict=True)):
         node_graph[first : first + count] = graph
+    size, start = torch.tensor(sizes), torch.tensor(starts)
     offsets = size * size
     offsets = offsets.cumsum(0) - offsets
     safe = node_graph.clamp(min=0)
@@ -356,13 +356,15 @@ def test_empty_sequence():
 
 
 @pytest.mark.parametrize(
-    ("largest", "block"), [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (100, 128), (128, 128)]
+    ("largest", "block"),
+    [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (100, 128), (128, 128), (222, 256)],
 )
 def test_dense_block_size(largest, block):
     assert dense_block_size(largest) == block
 
 
 def test_dense_block_size_leaves_large_graphs_to_message_passing():
-    assert dense_block_size(129) is None
+    assert dense_block_size(256) == 256
+    assert dense_block_size(257) is None
     with pytest.raises(ValueError, match="max_graph_size"):
         dense_block_size(-1)
