@@ -187,7 +187,9 @@ def message_passing_weights(
     :func:`torch_geometric.utils.softmax`.
     """
     src, dst = structure.attention_pairs
-    score = (query[dst] * key[src]).sum(dim=-1) * scale
+    # index_select, not indexing: its backward is a scatter-add, indexing's an index_put
+    # accumulate (slower on the CPU)
+    score = (query.index_select(0, dst) * key.index_select(0, src)).sum(dim=-1) * scale
     q_index, kv_index = structure.message_passing_indices
     head = torch.arange(query.size(1), device=query.device).unsqueeze(0)
     batch_index = torch.zeros_like(q_index)
