@@ -119,7 +119,8 @@ def dense_block_attention(
         return x.to(compute).reshape(blocks, block_size, heads, x.size(-1)).transpose(1, 2)
 
     value = torch.where(value.isfinite(), value, 0)
-    scores = blocked(query) @ blocked(key).transpose(-1, -2) * scale  # [nb, H, B, B]
+    # the scale on the queries: [S, H, d] is smaller than the [nb, H, B, B] scores once B > d
+    scores = (blocked(query) * scale) @ blocked(key).transpose(-1, -2)  # [nb, H, B, B]
 
     slot = torch.arange(slots, device=device).view(blocks, 1, block_size)
     q_index, kv_index = slot.unsqueeze(-1), slot.unsqueeze(-2)  # [nb, 1, B, 1], [nb, 1, 1, B]
