@@ -6,9 +6,9 @@ Global attention (every pair inside a graph) on ogbg-molhiv batches of 128 and 2
 
 * ``dense B``: :func:`pyg_mup.nn.dense.dense_block_attention` on graphs packed into blocks of
   ``B`` slots (``packed_graph_starts``), with the scatter into slots and the gather back;
-* ``mp``: message passing over all Σ n_g² within-graph pairs, as the attention layer's
-  ``_message_passing`` does it (gathers ``q[dst]``, ``k[src]``, PyG's ``softmax``, a scatter-add
-  of ``alpha · v[src]``);
+* ``mp``: message passing over all Σ n_g² within-graph pairs, as the message-passing backend
+  (``pyg_mup/nn/backends.py``) does it (``index_select`` gathers of ``q[dst]``, ``k[src]``,
+  PyG's ``softmax``, a scatter-add of ``alpha · v[src]``);
 * ``gps``: ``to_dense_batch`` and batched attention with a key padding mask (what
   ``torch.nn.MultiheadAttention`` runs with ``need_weights=False``:
   ``scaled_dot_product_attention``).
@@ -159,7 +159,7 @@ def message_passing(
     batch = torch.zeros_like(q_index)
 
     def attention() -> Tensor:
-        score = (query[dst] * key[src]).sum(dim=-1) * SCALE
+        score = (query.index_select(0, dst) * key.index_select(0, src)).sum(dim=-1) * SCALE
         if score_mod is not None:
             score = score_mod(score, batch, head, q_index, kv_index)
         keep = None
