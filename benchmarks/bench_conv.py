@@ -36,7 +36,7 @@ LOCAL_LAYERS = ["TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-f
 LOCAL_LAYERS += ["ours-local", "ours-local+edge", "ours-local+rcm", "ours-local+mp"]
 LOCAL_LAYERS += ["ours-local+edge+mp"]
 GLOBAL_LAYERS = ["dense-MHA", "naive-flex-global", "ours-global", "ours-global+edge"]
-GLOBAL_LAYERS += ["ours-global+pack"]
+GLOBAL_LAYERS += ["ours-global+pack", "ours-global+auto"]
 SMOKE_CASES = ["molhiv-16/*", "molhiv-batches/*", "*/TransformerConv/*", "arxiv-random/ours-*"]
 SMOKE_CASES += ["density-1in8/ours-local*"]
 
@@ -69,6 +69,8 @@ def markdown(records: list[dict]) -> str:
             note += f"{r['compile_batches']}), steady {fmt(r['steady_batch_ms'], '.1f')} ms/batch"
         elif r.get("pass") == "fwd":
             note = "forward only"
+        elif "backend" in r:
+            note = f"backend {r['backend']} (auto), block {r['block_size']}"
         rows.append([
             r["workload"], r["layer"], r["dtype"], fmt(r.get("ms"), ".3f"),
             fmt(r.get("peak_mb"), ".0f"), fmt(r.get("build_ms"), ".2f"),

@@ -15,7 +15,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
 from benchmarks.common import compiled_graphs, iteration_ms, sync
-from benchmarks.conv_layers import MESSAGE_PASSING, make_layer
+from benchmarks.conv_layers import AUTO, MESSAGE_PASSING, make_layer
 from benchmarks.conv_workloads import EDGE_DIM, Graph, molecule_batch, molecule_raw
 from pyg_mup import FlexGraphConv
 
@@ -47,10 +47,13 @@ def relative_error(value: Tensor, reference: Tensor) -> float:
 def run_case(layer: str, graph: Graph, dtype: torch.dtype, args) -> dict:
     """Check one layer against its reference, then time it; returns the measured fields.
 
-    On CPU the flex layers run forward only, under ``no_grad`` (no FlexAttention backward)."""
+    On CPU the flex layers run forward only, under ``no_grad`` (no FlexAttention backward);
+    ``+auto`` runs the backend ``'auto'`` picks (there: dense or message passing) with backward."""
     module, reference, info = make_layer(layer, graph, args)
     module = module.to(device=args.device, dtype=dtype)
-    flex_on_cpu = layer.startswith(("ours", "naive")) and not layer.endswith(MESSAGE_PASSING)
+    flex_on_cpu = layer.startswith(("ours", "naive")) and not layer.endswith(
+        (MESSAGE_PASSING, AUTO)
+    )
     train = args.device.type == "cuda" or not flex_on_cpu
     x = graph.x.to(dtype, copy=True).requires_grad_(train)  # a fresh leaf, even in float32
     edge_attr = graph.edge_attr.to(dtype, copy=True).requires_grad_(train)

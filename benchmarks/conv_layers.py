@@ -15,13 +15,15 @@ from torch_geometric.utils import to_dense_batch
 from benchmarks.common import timed_call
 from benchmarks.conv_workloads import EDGE_DIM, Graph
 from pyg_mup import FlexGraphConv, GraphStructure
-from pyg_mup.nn.attention import _compiled_flex_attention  # one shared compile cache
+from pyg_mup.nn.backends import _compiled_flex_attention, resolve_backend  # one compile cache
 
 INT32_PAIRS = 2**31  # a dense N×N look-up inside a kernel is indexed with int32
 DENSE_MASK_PAIRS = 2**32  # create_block_mask materialises N×N masks: ≈ 11 bytes per pair
 LAYOUTS = {"+rcm": "rcm", "+pack": "pack"}  # suffix -> GraphStructure.build(layout=...)
 MESSAGE_PASSING = "+mp"  # suffix: ours on the message-passing backend (what 'auto' picks when
 # the blocks are sparse) instead of FlexAttention
+AUTO = "+auto"  # suffix: ours as a model runs it: backend='auto' on a structure built with
+# GraphStructure.build's defaults for the device (on the CPU: the dense backend, global mode)
 
 
 class Skip(Exception):
@@ -29,17 +31,17 @@ class Skip(Exception):
 
 
 class Ours(nn.Module):
-    """``FlexGraphConv`` on a structure built outside the timed region (a model builds it once
-    per batch for all its layers): ``forward(x [N, C], edge_attr [E, F]) -> [N, C]``."""
+    """``FlexGraphConv`` on a structure built outside the timed region (a model's loader builds
+    it once per batch for all its layers), called as a model's block calls it, without
+    ``edge_index``: ``forward(x [N, C], edge_attr [E, F]) -> [N, C]``."""
 
     def __init__(self, conv: FlexGraphConv, graph: Graph, structure: GraphStructure, edges: bool):
         super().__init__()
         self.conv, self.graph, self.structure, self.edges = conv, graph, structure, edges
 
     def forward(self, x: Tensor, edge_attr: Tensor) -> Tensor:
-        batch = self.graph.batch if self.conv.mode == "global" else None
-        attr = edge_attr if self.edges else None
-        return self.conv(x, self.graph.edge_index, attr, batch=batch, structure=self.structure)
+        attr = edge_attr if self.edges else None  # edges and batch: the structure holds them
+        return self.conv(x, edge_attr=attr, structure=self.structure)
 
 
 class NaiveFlex(nn.Module):
@@ -84,25 +86,40 @@ class DenseGlobal(nn.Module):
 
 
 def build_structure(
-    graph: Graph, mode: str, args, layout: str | None = None, flex: bool = True
+    graph: Graph,
+    mode: str,
+    args,
+    layout: str | None = None,
+    flex: bool | None = True,
+    block_size: int | None = -1,
 ) -> tuple[GraphStructure, dict]:
-    """Ours: ``GraphStructure.build`` + ``.block_mask`` if ``flex`` (message passing reads no
-    block mask), timed (median ms of 3 after a warm-up). Returns the structure and the fields
-    recorded about it (``build_ms``, ``block_density``; with ``flex`` ``blocks`` and
-    ``lookup``). The one place that calls the structure API."""
+    """Ours: ``GraphStructure.build`` for the benchmark device (``target``), with a block mask
+    if ``flex`` (``None``: the build's default for the device), timed (median ms of 3 after a
+    warm-up). ``block_size`` -1 takes ``--block-size``; ``None`` the build's default. Returns
+    the structure and the fields recorded about it (``build_ms``, ``block_density`` — 1.0 in
+    global mode, where every entry of a graph's block is attended —, ``block_size``; with a
+    block mask ``blocks``, and in local mode ``lookup``). The one place that calls the
+    structure API."""
     batch = graph.batch if mode == "global" else None
-    options = dict(mode=mode, block_size=args.block_size, **({"layout": layout} if layout else {}))
+    options = dict(
+        mode=mode,
+        block_size=args.block_size if block_size == -1 else block_size,
+        flex=flex,
+        target=args.device.type,
+        **({"layout": layout} if layout else {}),
+    )
 
     def build() -> GraphStructure:
-        structure = GraphStructure.build(graph.edge_index, graph.x.size(0), batch, **options)
-        if flex:
-            structure.block_mask  # noqa: B018  (built lazily: part of the cost)
-        return structure
+        return GraphStructure.build(graph.edge_index, graph.x.size(0), batch, **options)
 
     structure, build_ms = timed_call(build, args.device, 1 if args.smoke else 3)
-    info = dict(build_ms=build_ms, block_density=structure.block_density)
-    if flex:
-        info.update(blocks=blocks_of(structure.block_mask), lookup=structure.lookup_kind)
+    info = dict(
+        build_ms=build_ms, block_density=structure.block_density, block_size=structure.block_size
+    )
+    if structure.block_mask is not None:
+        info["blocks"] = blocks_of(structure.block_mask)
+        if mode == "local":
+            info["lookup"] = structure.lookup_kind
     return structure, info
 
 
@@ -151,7 +168,8 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
     if layer == "dense-MHA":
         return DenseGlobal(width, heads, graph), None, {}
     mode = "global" if "global" in layer else "local"
-    backend = "message_passing" if layer.endswith(MESSAGE_PASSING) else "flex"
+    auto = layer.endswith(AUTO)
+    backend = "auto" if auto else "message_passing" if layer.endswith(MESSAGE_PASSING) else "flex"
     conv = FlexGraphConv(width, channels, heads, mode=mode, edge_dim=edge_dim, backend=backend)
     reference = copy.deepcopy(conv)
     reference.backend = "message_passing"
@@ -161,5 +179,10 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
         info = dict(build_ms=build_ms, blocks=blocks_of(mask))
         return NaiveFlex(conv, mask), Ours(reference, graph, structure, False), info
     layout = next((name for suffix, name in LAYOUTS.items() if layer.endswith(suffix)), None)
-    structure, info = build_structure(graph, mode, args, layout, flex=backend == "flex")
+    if auto:  # what a model gets: the build's defaults for this device, 'auto' picks
+        structure, info = build_structure(graph, mode, args, flex=None, block_size=None)
+        probe = graph.x.new_empty(0, heads, channels)
+        info["backend"] = resolve_backend("auto", probe, structure, False, False)
+    else:
+        structure, info = build_structure(graph, mode, args, layout, flex=backend == "flex")
     return Ours(conv, graph, structure, edges), Ours(reference, graph, structure, edges), info

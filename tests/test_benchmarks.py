@@ -18,7 +18,7 @@ MOLECULES = ROOT / "pyg_mup" / "datasets" / "ogbg_molesol"
 LAYERS = {
     "TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-flex-local", "ours-local",
     "ours-local+edge", "ours-local+rcm", "ours-local+mp", "ours-local+edge+mp", "dense-MHA",
-    "naive-flex-global", "ours-global", "ours-global+edge", "ours-global+pack",
+    "naive-flex-global", "ours-global", "ours-global+edge", "ours-global+pack", "ours-global+auto",
 }  # fmt: skip
 WITHOUT_OGB = (
     "import runpy, sys; sys.modules['ogb'] = None; sys.argv = sys.argv[1:]; "
@@ -54,10 +54,13 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         assert record["ms"] > 0 and record["iters"] >= 1 and record["x_floor"] > 0
         assert record["pairs"] >= record["edges"] > 0 and record["nodes"] > 0
         layer = record["layer"]
-        is_flex = layer.startswith(("ours", "naive")) and not layer.endswith("+mp")
+        is_flex = layer.startswith(("ours", "naive")) and not layer.endswith(("+mp", "+auto"))
         assert record["pass"] == ("fwd" if is_flex else "fwd+bwd")
         if layer.startswith(("ours", "naive")):  # checked against ours on message passing
             assert record["rel_err_out"] < 1e-4 and record["build_ms"] > 0
+        if layer.endswith("+auto"):  # on the CPU, global attention over small graphs: dense
+            assert record["backend"] == "dense" and record["block_density"] == 1.0
+            assert record["block_size"] < 128 and "blocks" not in record  # no block mask
     ours = next(r for r in records if (r["workload"], r["layer"]) == ("molhiv-16", "ours-local"))
     assert set(ours["ratio"]) == {"TransformerConv", "TransformerConv+edge", "GATv2Conv",
                                   "naive-flex-local"}  # fmt: skip
