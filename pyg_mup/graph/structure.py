@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.nn.attention.flex_attention import noop_mask
 from torch_geometric.utils import scatter
 
 from .blocks import map_block_mask
@@ -250,6 +251,21 @@ class GraphStructure:
     def _pair_row_for(self, backend: str) -> IndexFn:
         raise NotImplementedError
 
+    # Structures cross process boundaries (built in DataLoader workers): closures do not pickle,
+    # so they are dropped here and made again from the tensors on arrival.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["pair_row"] = None
+        if self.block_mask is not None:
+            state["block_mask"] = map_block_mask(self.block_mask, _same, noop_mask)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.pair_row = self._pair_row_for("flex")
+        if self.block_mask is not None:
+            self.block_mask = map_block_mask(self.block_mask, _same, self.mask_mod())
+
     def mask_mod(self) -> MaskMod:
         """FlexAttention ``mask_mod`` of the pairs this structure allows."""
         raise NotImplementedError
@@ -298,3 +314,7 @@ class GraphStructure:
     def pin_memory(self) -> GraphStructure:
         """A copy in pinned host memory (what makes ``to(cuda, non_blocking=True)`` async)."""
         return self.apply(lambda t: t.pin_memory())
+
+
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
