@@ -75,13 +75,26 @@ class FlexGraphConv(MuPFlexAttention):
     Shapes:
         - **input:** ``x`` ``[N, F]`` or ``([N_src, F_src], [N_dst, F_dst])``; ``edge_index``
           ``[2, E]`` or a sparse ``adj_t`` (``[N_dst, N_src]``: torch sparse COO/CSR/CSC or
-          ``SparseTensor``, whose stored entries are the edges in order; a ``SparseTensor``'s
-          values are the ``edge_attr`` when none is given); ``edge_attr`` ``[E, edge_dim]``;
-          ``batch`` ``[N]``; ``edge_type``/``edge_distance`` ``[E]``.
+          ``SparseTensor``, whose stored entries are the edges in order); ``edge_attr``
+          ``[E, edge_dim]``; ``batch`` ``[N]``; ``edge_type``/``edge_distance`` ``[E]``. As in
+          PyG's message passing, an ``adj_t`` carrying edge features (a ``SparseTensor``'s
+          values, or the ``[E, F]`` values of a hybrid torch sparse tensor) gives the
+          ``edge_attr`` of a layer with ``edge_dim`` when none is passed; layers without
+          ``edge_dim`` ignore them (an adjacency's edge weights are not features).
         - **output:** ``[N_dst, heads * out_channels]`` or ``[N_dst, out_channels]``, and with
-          ``return_attention_weights=True`` also ``(edge_index [2, E], alpha [E, heads])``
-          (local; for a sparse ``adj_t``, the weights in its sparse type, as in
-          ``TransformerConv``) or ``(pairs [2, Σ n_g²], alpha [Σ n_g², heads])`` (global).
+          ``return_attention_weights=True`` also the weights, as ``TransformerConv`` returns
+          them: ``(edge_index [2, E], alpha [E, heads])`` (local, ``edge_index`` input); for a
+          torch sparse ``adj_t``, ``(adj [N_dst, N_src, heads], alpha)`` with ``adj`` in
+          ``adj_t``'s layout; for a ``SparseTensor``, a ``SparseTensor`` of the weights;
+          ``(pairs [2, Σ n_g²], alpha [Σ n_g², heads])`` in global mode.
+
+    ``torch.compile`` compiles the layer as it is (the structure build, when the layer builds
+    one, runs between graph breaks). ``torch.export`` needs a prebuilt structure: building one
+    is data-dependent (its sizes depend on the edges' values), so an export that would build
+    it raises. Export a module that holds the structure and calls the layer with
+    ``structure=`` and neither ``edge_index`` nor ``batch``: the structure becomes a constant
+    of the exported program, which then serves that one graph (``edge_type`` ranges are
+    asserted when the program runs). TorchScript is not supported (deprecated in torch).
     """
 
     def __init__(
@@ -170,6 +183,8 @@ class FlexGraphConv(MuPFlexAttention):
         ``structure`` reuses a prebuilt one: then ``edge_index`` (and ``batch``) may be left out —
         the structure holds them — or given, and checked against it.
         """
+        if torch.compiler.is_exporting():
+            _check_exportable(edge_index, batch, structure)
         if edge_index is None:
             if structure is None:
                 raise TypeError("edge_index is required unless a prebuilt structure is given")
@@ -184,9 +199,10 @@ class FlexGraphConv(MuPFlexAttention):
                     f"sparse adj_t must have shape [N_dst, N_src]=[{num_dst}, {num_src}], "
                     f"got {list(adj.shape) if isinstance(adj, Tensor) else list(adj.sizes())}"
                 )
-            if edge_attr is None and isinstance(adj, SparseTensor):
-                edge_attr = adj.storage.value()
-            edge_index = to_edge_index(adj)[0].flip(0)
+            edge_index, values = to_edge_index(adj)
+            edge_index = edge_index.flip(0)
+            if edge_attr is None and self.edge_dim is not None:
+                edge_attr = _edge_features(adj, values)
         if edge_attr is not None and edge_attr.dtype.is_floating_point:
             check_dtype(edge_attr, "edge_attr", self.lin_query.weight.dtype)
         if structure is None:
@@ -215,7 +231,7 @@ class FlexGraphConv(MuPFlexAttention):
         if isinstance(adj, SparseTensor):
             return out, adj.set_value(alpha, layout="coo")
         if adj is not None and is_torch_sparse_tensor(adj):
-            return out, (set_sparse_value(adj, alpha), alpha)
+            return out, (_sparse_weights(adj, alpha), alpha)
         return out, (edge_index, alpha)
 
     def _check_structure(
@@ -297,12 +313,16 @@ class FlexGraphConv(MuPFlexAttention):
             if edge_type is None:
                 raise ValueError("edge_type [E] is required: num_edge_types is set")
             check_edge_tensor(edge_type, "edge_type", num_edges, None, integer=True)
-            if num_edges and (
+            message = f"edge_type values must be in [0, num_edge_types={self.num_edge_types})"
+            if num_edges and torch.compiler.is_exporting():
+                # export cannot branch on values: the program asserts the range when it runs
+                # (type num_edge_types would silently read the no-edge row)
+                torch._check(edge_type.min().item() >= 0, lambda: message)
+                torch._check(edge_type.max().item() < self.num_edge_types, lambda: message)
+            elif num_edges and (
                 int(edge_type.min()) < 0 or int(edge_type.max()) >= self.num_edge_types
             ):
-                raise ValueError(
-                    f"edge_type values must be in [0, num_edge_types={self.num_edge_types})"
-                )
+                raise ValueError(message)
         elif edge_type is not None:
             raise ValueError("edge_type was given but the layer has num_edge_types=None")
 
@@ -364,6 +384,46 @@ class FlexGraphConv(MuPFlexAttention):
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads}, mode='{self.mode}'{extras})"
         )
+
+
+def _check_exportable(
+    edge_index: Tensor | SparseTensor | None, batch: Tensor | None, structure: object
+) -> None:
+    """Under ``torch.export``: the structure must be prebuilt and be the only graph input."""
+    if structure is None:
+        raise RuntimeError(
+            "torch.export of FlexGraphConv needs a prebuilt structure: building one inside "
+            "forward is data-dependent. Export a module holding GraphStructure.build(...) that "
+            "calls the layer with structure= (and no edge_index or batch)"
+        )
+    if edge_index is not None or batch is not None:
+        raise RuntimeError(
+            "torch.export of FlexGraphConv with a structure: leave edge_index and batch out "
+            "(the structure is a constant of the exported program; comparing them with it "
+            "would be data-dependent, and ignoring them could silently serve another graph)"
+        )
+
+
+def _edge_features(adj: Tensor | SparseTensor, values: Tensor) -> Tensor | None:
+    """The edge features an ``adj_t`` carries, by PyG's message-passing convention: a
+    ``SparseTensor``'s values, or a torch sparse tensor's values when they are ``[E, F]`` (its
+    ``[E]`` values are the edge weights of an adjacency, ones when built from ``edge_index``)."""
+    if isinstance(adj, SparseTensor):
+        return adj.storage.value()
+    return values if values.dim() > 1 else None
+
+
+def _sparse_weights(adj: Tensor, alpha: Tensor) -> Tensor:
+    """``alpha`` ``[E, H]`` as a ``[N_dst, N_src, H]`` sparse tensor of ``adj``'s layout and
+    indices (its stored entries are the edges, in order)."""
+    if adj.dense_dim() == 0:
+        return set_sparse_value(adj, alpha)
+    size = (adj.size(0), adj.size(1), alpha.size(1))  # hybrid adj: its feature dims go
+    if adj.layout == torch.sparse_coo:
+        return torch.sparse_coo_tensor(adj.indices(), alpha, size).coalesce()
+    if adj.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), alpha, size)
+    return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(), alpha, size)
 
 
 def _scatter_logsumexp(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
