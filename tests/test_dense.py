@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from pyg_mup.graph.layout import packed_graph_starts
-from pyg_mup.nn.dense import dense_block_attention, dense_block_size
+from pyg_mup.graph.layout import packed_block_size, packed_graph_starts
+from pyg_mup.nn.dense import dense_block_attention
 from pyg_mup.score_mods import compose, pair_bias, sigmoid_gate
 
 MAX_DISTANCE = 3
@@ -360,11 +360,17 @@ def test_empty_sequence():
     [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (100, 128), (128, 128), (222, 256)],
 )
 def test_dense_block_size(largest, block):
-    assert dense_block_size(largest) == block
+    assert packed_block_size(largest) == block
 
 
 def test_dense_block_size_leaves_large_graphs_to_message_passing():
-    assert dense_block_size(256) == 256
-    assert dense_block_size(257) is None
+    from pyg_mup.graph import GraphStructure
+
+    assert packed_block_size(256) == 256
+    assert packed_block_size(257) == 256  # the graph spans blocks: not dense-ready
     with pytest.raises(ValueError, match="max_graph_size"):
-        dense_block_size(-1)
+        packed_block_size(-1)
+    ring = torch.arange(300)
+    edge_index = torch.stack([ring, ring.roll(1)])
+    assert not GraphStructure.build(edge_index, 300, mode="global").fits_dense_blocks
+    assert GraphStructure.build(edge_index[:, :0], 200, mode="global").fits_dense_blocks

@@ -7,9 +7,9 @@ import torch
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch_geometric.data import Batch, Data
 
+from pyg_mup.graph import GraphStructure
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
 from pyg_mup.mup import MuAdamW, build_mup_model, set_base_shapes, width_infos
-from pyg_mup.graph import GraphStructure
 
 ATOM_DIMS, BOND_DIMS = get_atom_feature_dims(), get_bond_feature_dims()
 

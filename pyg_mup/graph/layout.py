@@ -97,11 +97,24 @@ def pack_layout(graph_sizes: Sequence[int], block_size: int, device: torch.devic
     return slot_layout(node_slot.to(device), seq_len)
 
 
+MIN_DENSE_BLOCK = 16
+MAX_DENSE_BLOCK = 256
+
+
 def packed_block_size(max_graph_size: int) -> int:
-    """Block size to pack graphs with for the dense backend (CPU): the smallest power of two of
-    at least 16 that holds the largest graph, at most 128 (FlexAttention's block). Small blocks
-    waste less of each ``B × B`` score block on pairs across graphs."""
-    size = 16
-    while size < min(max_graph_size, 128):
+    """The block size to pack graphs with for the dense backend (CPU).
+
+    The smallest power of two that holds the largest graph, at least ``MIN_DENSE_BLOCK``, at
+    most ``MAX_DENSE_BLOCK`` (a larger graph spans blocks and its batch keeps message passing).
+    Why (``benchmarks/bench_dense_cpu.py``, ``results/dense_cpu.json``): the cost is ``S · B``
+    scores per head, so the smallest block that fits is the fastest or within noise of it (16
+    and 32 tie on graphs of at most 16 nodes); at 256, dense still took 0.14–0.38× the time of
+    message passing over the within-graph pairs. Memory grows as ``S · H · B``, so larger
+    blocks are left to message passing.
+    """
+    if max_graph_size < 0:
+        raise ValueError(f"max_graph_size must be non-negative, got {max_graph_size}")
+    size = MIN_DENSE_BLOCK
+    while size < min(max_graph_size, MAX_DENSE_BLOCK):
         size *= 2
     return size

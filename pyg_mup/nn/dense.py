@@ -17,31 +17,6 @@ from torch import Tensor
 
 from pyg_mup.score_mods import MaskMod, ScoreMod
 
-MIN_BLOCK_SIZE = 16
-MAX_BLOCK_SIZE = 256
-
-
-def dense_block_size(max_graph_size: int) -> int | None:
-    """The block size to pack graphs with for :func:`dense_block_attention` on CPU.
-
-    The smallest power of two that holds the largest graph, at least ``MIN_BLOCK_SIZE``; ``None``
-    when the largest graph exceeds ``MAX_BLOCK_SIZE`` (the caller keeps message passing). Why
-    (``benchmarks/bench_dense_cpu.py``, ``results/dense_cpu.json``): the cost is ``S · B`` scores
-    per head, so the smallest block that fits is the fastest or within noise of it (16 and 32
-    tie on graphs of at most 16 nodes); at 256, the largest block measured (molhiv batches
-    holding one of its few graphs past 128 nodes), dense still took 0.14–0.38× the time of
-    message passing over the within-graph pairs, forward and backward. Memory grows as
-    ``S · H · B``, so larger blocks are left to message passing unmeasured.
-    """
-    if max_graph_size < 0:
-        raise ValueError(f"max_graph_size must be non-negative, got {max_graph_size}")
-    if max_graph_size > MAX_BLOCK_SIZE:
-        return None
-    size = MIN_BLOCK_SIZE
-    while size < max_graph_size:
-        size *= 2
-    return size
-
 
 def dense_block_attention(
     query: Tensor,
