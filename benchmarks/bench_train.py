@@ -3,29 +3,36 @@ the same-size model built from PyG's ``GPSConv`` + ``TransformerConv``, on one d
 
 Why: ``bench_conv.py`` times one layer on prebuilt structures; a user feels whole training
 steps. Here every model trains on the same shuffled train split (same batches, width, layers,
-heads, dtype, AdamW) and a step is all of it: collating the batch (``DataLoader``, in
-``--num-workers`` processes), moving it to the device, building our attention structures,
-forward, loss, backward and the optimizer.
+heads, dtype, fused AdamW) the way ``pyg-mup train`` feeds it: a ``DataLoader`` (in
+``--num-workers`` processes, pinned on CUDA) collates each batch — ours with
+:class:`pyg_mup.graph.StructureCollater`, which builds the model's attention structures there
+(``model.structure_spec``), the peers with PyG's loader — and the step moves it to the device
+(``non_blocking``) and runs forward, loss, backward and the optimizer.
 
 Models (``train_models``): ``ours-both`` (``GraphTransformer(attention='both')``, local +
 global ``FlexGraphConv`` per block, summed, GPS-like), ``gps`` (PyG's ``GPSConv(TransformerConv,
 attn_type='multihead')`` × ``layers``, mean pool, linear readout), ``ours-local``
 (``attention='local'``) and ``transformerconv`` (its local-only twin, block for block: pre-norm
 ``TransformerConv`` + residual, pre-norm FFN + residual). All four share the node and edge
-encoders.
+encoders. The dataset carries hop distances (``AddHopDistance`` as ``pre_transform``, cached)
+when a model attends globally, as in ``pyg-mup train``; only global attention collates them.
 
 Per model: ``--warmup-steps`` untimed steps (they cover ``torch.compile`` of FlexAttention),
 then one timed pass over the train split (or ``--max-steps``) between two device syncs. The JSON
 holds steps/s and graphs/s (end to end, and without the time spent waiting for the loader),
-ms/step (mean and median), the share of step time spent in our structure build (host time of
-``model.structures`` inside the step, clocked in the timed pass), peak memory, dynamo graphs
-compiled, parameter counts, ratios ours-both ÷ gps and ours-local ÷ transformerconv, and for
-ours the backend ``'auto'`` picked per attention mode. After the timed pass (never inside it):
-``--count-steps N`` steps under :class:`pyg_mup.profiling.OpCounter` (dispatched ops and
-data-dependent ops per step, the latter each a host sync on CUDA, overall and inside the
-structure build), and ``--profile N`` steps under ``torch.profiler`` with ranges per phase and
-per attention kind (``train_profile``); ``--trace-dir DIR`` writes their Chrome traces. A model
-that fails is recorded with its error and the next one runs; the JSON is rewritten after each.
+ms/step (mean and median), the host time of structure builds inside the step
+(``GraphStructure.build``: 0 when the loader builds them) and its share, the loader's collate
+ms per batch and, of it, our structure build (both timed apart, in the main process, on the
+first ``--collate-batches`` batches), peak memory, dynamo graphs compiled, parameter counts,
+ratios ours-both ÷ gps and ours-local ÷ transformerconv, and for ours the backend ``'auto'``
+picked per attention mode. After the timed pass (never inside it): ``--count-steps N`` steps
+under :class:`pyg_mup.profiling.OpCounter` (dispatched ops and data-dependent ops per step, the
+latter each a host sync on CUDA, overall and by phase), and ``--profile N`` steps under
+``torch.profiler`` with ranges per phase and per attention kind (``train_profile``: device busy
+share, device ops — kernels — per step, syncs on CUDA); ``--trace-dir DIR`` writes their Chrome
+traces. A model that fails is recorded with its error and the next one runs; the JSON is
+rewritten after each. No CUDA graphs: batches change node counts, so a graph per bucket of
+padded sizes (and padded structures) would be needed first.
 
 Usage (from the repository root; ``--root`` holds ``ogbg_molhiv/`` in OGB's layout)::
 
@@ -50,16 +57,25 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader
+from torch_geometric.loader import DataLoader as PygDataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import common, train_models, train_profile  # noqa: E402
 from benchmarks.common import fmt  # noqa: E402
-from benchmarks.train_models import EDGE_CHANNELS, MODELS, PEERS  # noqa: E402
+from benchmarks.train_models import (  # noqa: E402
+    EDGE_CHANNELS,
+    HOP_DISTANCE,
+    MODELS,
+    PEERS,
+    STRUCTURE_CALLS,
+    unpack,
+)
 from benchmarks.train_profile import Calls, around, clock, no_range, shadowed  # noqa: E402
 from pyg_mup.data import OGBData, load_dataset  # noqa: E402
+from pyg_mup.graph import AddHopDistance, StructureCollater, StructuredBatch  # noqa: E402
 from pyg_mup.models.encoders import feature_specs  # noqa: E402
 from pyg_mup.train.objective import Objective  # noqa: E402
 
@@ -68,44 +84,71 @@ SMOKE_DATASET = "ogbg-molesol"  # shipped with the package: the smoke run needs 
 
 # ---------------------------------------------------------------------------------------- data
 def load(args: argparse.Namespace) -> OGBData:
-    """The dataset through :func:`pyg_mup.data.load_dataset`: the real ``ogb`` path."""
-    return load_dataset(args.dataset, args.root, args.cache_dir)
+    """The dataset through :func:`pyg_mup.data.load_dataset` (the real ``ogb`` path), with hop
+    distances stored per graph when a model attends globally."""
+    attends_globally = any(name != "ours-local" and name.startswith("ours") for name in args.models)
+    transform = AddHopDistance() if attends_globally else None
+    return load_dataset(args.dataset, args.root, args.cache_dir, pre_transform=transform)
 
 
-def train_loader(data: OGBData, args: argparse.Namespace) -> DataLoader:
+def train_loader(data: OGBData, args: argparse.Namespace, collate: Callable | None) -> DataLoader:
     """The train split, shuffled by a generator seeded with ``--seed``: every model (and every
-    pass) sees the same batches in the same order."""
+    pass) sees the same batches in the same order. Ours: torch's ``DataLoader`` with
+    ``collate`` (:func:`train_models.collater`, building the structures in the workers); the
+    peers: PyG's ``DataLoader``. Pinned on CUDA; workers persist across the passes."""
     train = data.dataset[data.split_idx["train"]]
-    generator = torch.Generator().manual_seed(args.seed)
-    return DataLoader(
-        train, args.batch_size, shuffle=True, generator=generator, num_workers=args.num_workers
-    )
+    options = dict(
+        batch_size=args.batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed), num_workers=args.num_workers,
+        pin_memory=args.device.type == "cuda", persistent_workers=args.num_workers > 0,
+    )  # fmt: skip
+    if collate is None:
+        return PygDataLoader(train, exclude_keys=[HOP_DISTANCE], **options)
+    return DataLoader(train, collate_fn=collate, **options)
+
+
+def collate_costs(loader: DataLoader, args: argparse.Namespace) -> dict:
+    """Host ms per batch of the loader's collate (outside the step; in the workers when
+    ``--num-workers`` > 0), median over the first ``--collate-batches`` batches of a shuffled
+    order, timed here in the main process: the whole collate (PyG's ``Batch``, plus ours'
+    structures) and ours' structure build alone."""
+    order = torch.randperm(len(loader.dataset), generator=torch.Generator().manual_seed(args.seed))
+    collate_ms, build_ms = [], []
+    for index in order.split(args.batch_size)[: args.collate_batches]:
+        items = [loader.dataset[i] for i in index.tolist()]
+        with clock(collate_ms):
+            item = loader.collate_fn(items)
+        if isinstance(loader.collate_fn, StructureCollater):
+            with clock(build_ms):
+                loader.collate_fn.spec.build_batch(item.batch)
+    median_ms = lambda seconds: statistics.median(seconds) * 1e3 if seconds else 0.0  # noqa: E731
+    return dict(collate_ms_per_batch=median_ms(collate_ms),
+                structure_build_ms_per_batch=median_ms(build_ms))  # fmt: skip
 
 
 def run_steps(
-    step: Callable[[Batch], Tensor],
-    batches: Iterable[Batch],
+    step: Callable[[StructuredBatch | Batch], Tensor],
+    batches: Iterable[StructuredBatch | Batch],
     device: torch.device,
     steps: int | None,
     builds: Calls,
 ) -> dict:
     """Up to ``steps`` training steps (``None``: all batches) between two device syncs: wall
     seconds, graphs, time waiting for the loader, per-step ms (CUDA events on GPU), host
-    seconds inside the ``builds`` calls (our structure build), last loss."""
+    seconds inside the ``builds`` calls within the steps (a structure build), last loss."""
     iterator = iter(batches)  # loader workers, if any, start before the clock
     times, build_s, graphs, loader_s, loss = common.StepTimes(device), [], 0, 0.0, None
     common.sync(device)
     start = time.perf_counter()
-    with shadowed(builds, around(lambda name: clock(build_s))):
-        while steps is None or len(times.marks) < steps:
-            began = time.perf_counter()
-            batch = next(iterator, None)
-            loader_s += time.perf_counter() - began
-            if batch is None:
-                break
-            with times.step():
-                loss = step(batch)
-            graphs += batch.num_graphs
+    while steps is None or len(times.marks) < steps:
+        began = time.perf_counter()
+        item = next(iterator, None)
+        loader_s += time.perf_counter() - began
+        if item is None:
+            break
+        with times.step(), shadowed(builds, around(lambda name: clock(build_s))):
+            loss = step(item)
+        graphs += unpack(item)[0].num_graphs
     common.sync(device)
     seconds = time.perf_counter() - start
     last = float(loss) if loss is not None else None
@@ -128,21 +171,22 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     specs = feature_specs(args.dataset, example.x, example.edge_attr)
     torch.manual_seed(args.seed)
     model = train_models.build_model(name, data.task.out_channels, specs, args).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    # fused: torch's default AdamW reads its step counters on the host every step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
     objective = Objective(data.task, data.dataset.y[data.split_idx["train"]])
     bf16 = args.dtype == "bfloat16"
 
     def step(
-        batch: Batch,
+        item: StructuredBatch | Batch,
         phase: Callable[[str], contextlib.AbstractContextManager] = no_range,
     ) -> Tensor:
         """One training step; ``phase`` opens a named range around each part (``--profile``
         passes ``record_function``; the timed passes keep the no-op default). Zeroing the
         gradients stays before the backward, as timed: ``optimizer`` is two ranges a step."""
         with phase("batch_to_device"):
-            batch = batch.to(device)
+            batch, structures = unpack(item.to(device, non_blocking=True))
         with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = train_models.forward(model, batch)
+            pred = train_models.forward(model, batch, structures)
         with phase("loss"):
             loss_sum, count = objective.loss_terms(pred.float(), batch.y)
             loss = loss_sum / count.clamp(min=1)
@@ -154,18 +198,21 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
             optimizer.step()
         return loss.detach()
 
-    loader, builds = train_loader(data, args), train_models.structure_calls(model)
+    loader = train_loader(data, args, train_models.collater(model, device))
     record = dict(params=sum(p.numel() for p in model.parameters()), width=model.head.in_features)
-    if name.startswith("ours-"):  # a loader of its own: the timed order stays every model's
-        batch = next(iter(train_loader(data, args)))
-        record["backends"] = train_models.our_backends(model, batch, device)
+    record.update(collate_costs(loader, args))
+    if name.startswith("ours-"):  # the first batch's structures, collated apart
+        first = loader.collate_fn([loader.dataset[i] for i in range(args.batch_size)])
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        structures = first.to(device).structures
+        record["backends"] = train_models.our_backends(model, structures, dtype)
     before = common.compiled_graphs()
-    warmup = run_steps(step, loader, device, args.warmup_steps, builds)
+    warmup = run_steps(step, loader, device, args.warmup_steps, STRUCTURE_CALLS)
     record.update(warmup_s=warmup["seconds"], compiles_warmup=common.compiled_graphs() - before)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     before = common.compiled_graphs()
-    timed = run_steps(step, loader, device, args.max_steps, builds)
+    timed = run_steps(step, loader, device, args.max_steps, STRUCTURE_CALLS)
     steps, seconds, step_ms = len(timed["step_ms"]), timed["seconds"], timed["step_ms"]
     record.update(
         steps=steps, graphs=timed["graphs"], epoch_s=seconds, steps_per_s=steps / seconds,
@@ -180,11 +227,11 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     )  # fmt: skip
     if args.count_steps:
         record["ops"] = diagnostic(
-            lambda: train_profile.count_ops(step, loader, args.count_steps, builds)
+            lambda: train_profile.count_ops(step, loader, args.count_steps, STRUCTURE_CALLS)
         )
     if args.profile:
         trace = args.trace_dir / f"{name}.json.gz" if args.trace_dir else None
-        calls = builds + train_models.attention_calls(model)
+        calls = STRUCTURE_CALLS + train_models.attention_calls(model)
         record["profile"] = diagnostic(
             lambda: train_profile.profile_steps(step, loader, device, args.profile, calls, trace)
         )
@@ -213,8 +260,8 @@ def add_ratios(records: list[dict]) -> dict:
 def markdown(records: list[dict]) -> str:
     """One table line per model."""
     columns = ["model", "params:", "steps/s:", "graphs/s:", "excl. loader:", "ms/step:"]
-    columns += ["median ms:", "build share:", "ops/step:", "data-dep./step:", "in build:"]
-    columns += ["in optimizer:", "peak MB:"]
+    columns += ["median ms:", "build in step:", "collate ms:", "of it build ms:", "ops/step:"]
+    columns += ["data-dep./step:", "in optimizer:", "peak MB:"]
     rows = []
     for r in records:
         peer = f"{r['ratio_to_peer']:.2f}× {PEERS[r['model']]}" if "ratio_to_peer" in r else ""
@@ -226,9 +273,9 @@ def markdown(records: list[dict]) -> str:
             r["model"], fmt(r.get("params"), ","), fmt(r.get("steps_per_s"), ".2f"),
             fmt(r.get("graphs_per_s"), ".0f"), fmt(r.get("graphs_per_s_excl_loader"), ".0f"),
             fmt(r.get("ms_per_step"), ".2f"), fmt(r.get("median_step_ms"), ".2f"),
-            fmt(r.get("structure_share"), ".1%"), fmt(ops.get("ops_per_step"), ".0f"),
-            fmt(ops.get("data_dependent_per_step"), ".1f"),
-            fmt(by_phase.get("structures", 0.0 if by_phase else None), ".1f"),
+            fmt(r.get("structure_share"), ".1%"), fmt(r.get("collate_ms_per_batch"), ".1f"),
+            fmt(r.get("structure_build_ms_per_batch"), ".1f"),
+            fmt(ops.get("ops_per_step"), ".0f"), fmt(ops.get("data_dependent_per_step"), ".1f"),
             fmt(by_phase.get("optimizer"), ".1f"), fmt(r.get("peak_mb"), ".0f"),
             compiles, peer, r["status"] + error,
         ])  # fmt: skip
@@ -243,8 +290,9 @@ def environment(args: argparse.Namespace, data: OGBData) -> dict:
         dataset=args.dataset, train_graphs=int(data.split_idx["train"].numel()),
         dtype=args.dtype, float32_matmul_precision=torch.get_float32_matmul_precision(),
         width=args.width, layers=args.layers, heads=args.heads, edge_channels=EDGE_CHANNELS,
-        batch_size=args.batch_size, lr=args.lr, optimizer="AdamW", seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, optimizer="AdamW(fused=True)", seed=args.seed,
         warmup_steps=args.warmup_steps, max_steps=args.max_steps, num_workers=args.num_workers,
+        pin_memory=args.device.type == "cuda", collate_batches=args.collate_batches,
         count_steps=args.count_steps, profile_steps=args.profile,
     )  # fmt: skip
 
@@ -273,7 +321,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, default=0)
     add("--warmup-steps", type=int, default=20, help="untimed steps (compiles included)")
     add("--max-steps", type=int, help="timed steps (default: one pass over the split)")
-    add("--num-workers", type=int, default=0, help="DataLoader workers (pyg-mup train's default)")
+    add(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="DataLoader workers collating (ours: building structures); 0: in the main process",
+    )
+    add("--collate-batches", type=int, default=20, metavar="N",
+        help="batches whose collate and structure build are timed apart (smoke: 2)")  # fmt: skip
     add(
         "--count-steps",
         type=int,
@@ -292,7 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.dataset, args.root = SMOKE_DATASET, None
         args.width, args.layers, args.heads, args.batch_size = 32, 1, 2, 16
-        args.warmup_steps, args.max_steps = 2, 4
+        args.warmup_steps, args.max_steps, args.collate_batches = 2, 4, 2
         args.threads = args.threads or 1  # on a shared CPU, OpenMP spinning slows tiny steps
     args.dtype = args.dtype or ("float32" if args.smoke else "bfloat16")
     if args.width % args.heads:

@@ -1,7 +1,8 @@
 """``bench_train.py``'s models: ours (``GraphTransformer``) and the peers built from PyG's
 ``GPSConv`` and ``TransformerConv``, at the same width, layers and heads, with the same
-encoders; and the few places that touch our structure API (building, forwarding, which calls a
-profile marks), kept here so that an API change edits one module."""
+encoders; and the few places that touch our structure API (the loader's collate, forwarding,
+which calls a profile marks, the backends picked), kept here so that an API change edits one
+module."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import GPSConv, TransformerConv, global_mean_pool
 
+from pyg_mup.graph import GraphStructure, StructureCollater, StructuredBatch
 from pyg_mup.models import GraphTransformer
 from pyg_mup.models.encoders import FeatureEncoder, FeatureSpec
 from pyg_mup.mup import set_base_shapes
+from pyg_mup.nn.backends import resolve_backend
 
 EDGE_CHANNELS = 32  # GraphTransformer's default edge_channels, shared by every model
 MODELS = ("ours-both", "gps", "ours-local", "transformerconv")
 PEERS = {"ours-both": "gps", "ours-local": "transformerconv"}
+HOP_DISTANCE = "hop_distance"  # AddHopDistance's attribute: collated only for global attention
 
 
 class GPSLayer(GPSConv):
@@ -100,17 +104,38 @@ def build_model(name: str, out_channels: int, specs: tuple, args: argparse.Names
     return Peer(out_channels, **sizes, features=specs, layer=layer, norm=norm)
 
 
-def forward(model: nn.Module, batch: Batch) -> Tensor:
-    """A model's predictions ``[num_graphs, out_channels]`` for a batch on its device (ours
-    builds its structures inside, in ``model.structures``)."""
-    return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
+def collater(model: nn.Module, device: torch.device) -> StructureCollater | None:
+    """Ours: the ``collate_fn`` that builds the model's structures for ``device`` in the loader
+    (``model.structure_spec``), collating the stored hop distances only where global attention
+    reads them; the peers: ``None`` (PyG's own loader)."""
+    if not isinstance(model, GraphTransformer):
+        return None
+    spec = model.structure_spec(device.type)
+    return StructureCollater(spec, exclude_keys=None if "global" in spec.modes else [HOP_DISTANCE])
 
 
-def structure_calls(model: nn.Module) -> list[tuple[object, str, str]]:
-    """``(owner, attribute, name)`` of the call that builds a model's structures inside its
-    forward (ours: ``model.structures``; the peers build none): what the step's structure time
-    and ``--profile``'s ``structures`` range wrap."""
-    return [(model, "structures", "structures")] if isinstance(model, GraphTransformer) else []
+def unpack(item: StructuredBatch | Batch) -> tuple[Batch, dict[str, GraphStructure] | None]:
+    """A loader's item as ``(batch, structures)``; the peers' batches carry no structures."""
+    if isinstance(item, StructuredBatch):
+        return item.batch, item.structures
+    return item, None
+
+
+def forward(model: nn.Module, batch: Batch, structures: dict[str, GraphStructure] | None) -> Tensor:
+    """A model's predictions ``[num_graphs, out_channels]`` for a batch on its device; ours
+    reads the structures its loader built (``structures=``) and the host-known ``num_graphs``."""
+    if structures is None:
+        return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
+    return model(
+        batch.x, batch.edge_index, batch.edge_attr, batch.batch,
+        num_graphs=batch.num_graphs, structures=structures,
+    )  # fmt: skip
+
+
+STRUCTURE_CALLS = [(GraphStructure, "build", "structures")]
+"""``(owner, attribute, name)`` of the call that builds a structure, whoever makes it (a model
+given no structures, a conv given none): what the step's structure time and op counts wrap.
+With structures from the loader ours makes no such call in the step; the peers build none."""
 
 
 def attention_calls(model: nn.Module) -> list[tuple[object, str, str]]:
@@ -128,17 +153,17 @@ def attention_calls(model: nn.Module) -> list[tuple[object, str, str]]:
     return calls + [(layer.attn, "forward", "attention_global") for layer in gps]
 
 
-def our_backends(model: nn.Module, batch: Batch, device: torch.device) -> dict:
-    """Per attention mode of ours, the backend ``'auto'`` picks on this batch and the block
-    density that decides it (message passing for sparse local blocks, FlexAttention else)."""
-    batch = batch.to(device)
-    structures = model.structures(batch.edge_index, batch.num_nodes, batch.batch)
-    conv = {mode: model.blocks[0].attn[mode] for mode in structures}
-    probe = torch.empty(0, device=device)
-    return {
-        mode: dict(
-            backend=conv[mode]._resolve_backend(probe, structure),
-            block_density=structure.block_density,
-        )
-        for mode, structure in structures.items()
-    }
+def our_backends(
+    model: nn.Module, structures: dict[str, GraphStructure], dtype: torch.dtype
+) -> dict:
+    """Per attention mode of ours, the backend ``'auto'`` picks for the loader's structures at
+    the compute ``dtype``, and the block density that decides it (1.0 in global mode): on CUDA
+    message passing for sparse local blocks and FlexAttention else; on the CPU message passing
+    (local) and the dense backend (global)."""
+    picked = {}
+    for mode, structure in structures.items():
+        conv = model.blocks[0].attn[mode]
+        probe = structure.edge_index.new_empty(0, conv.heads, conv.out_channels, dtype=dtype)
+        backend = resolve_backend(conv.backend, probe, structure, need_weights=False, dropout=False)
+        picked[mode] = dict(backend=backend, block_density=structure.block_density)
+    return picked

@@ -40,16 +40,25 @@ def no_range(name: str) -> contextlib.AbstractContextManager:
 
 @contextlib.contextmanager
 def shadowed(calls: Calls, wrap: Callable[[Callable, str], Callable]) -> Iterator[None]:
-    """Shadow each ``owner.attribute`` with an instance attribute ``wrap(call, name)`` and
-    remove the shadows on exit: the wrappers reach into ``GraphTransformer.forward`` without
-    editing ``pyg_mup``. Shadows of one attribute must not nest (exit removes both)."""
+    """Replace each ``owner.attribute`` with ``wrap(call, name)`` and restore it on exit: the
+    wrappers reach into ``GraphTransformer.forward`` without editing ``pyg_mup``. An instance
+    owner gets a shadowing instance attribute (removed on exit); a class owner (a static
+    method such as ``GraphStructure.build``) its own attribute back. Shadows of one attribute
+    must not nest."""
+    saved = []
     for owner, attribute, name in calls:
-        setattr(owner, attribute, wrap(getattr(owner, attribute), name))
+        own = vars(owner).get(attribute) if isinstance(owner, type) else None
+        wrapped = wrap(getattr(owner, attribute), name)
+        setattr(owner, attribute, staticmethod(wrapped) if own is not None else wrapped)
+        saved.append((owner, attribute, own))
     try:
         yield
     finally:
-        for owner, attribute, _ in calls:
-            delattr(owner, attribute)
+        for owner, attribute, own in reversed(saved):
+            if own is None:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, own)
 
 
 def around(enter: Callable[[str], contextlib.AbstractContextManager]) -> Callable:
@@ -83,15 +92,14 @@ def count_ops(
     and the data-dependent ones (each a host sync on CUDA when its tensor is on the device),
     overall, by phase of the step, inside the ``builds`` calls (our structure build), and by
     op. Why: the H200 step is host-bound, and these counts, unlike times, are the same on CPU
-    and GPU. The ``optimizer`` phase's host reads are AdamW's per-parameter step counters,
-    which live on the CPU on CUDA too: no device sync."""
+    and GPU (the fused AdamW keeps its step counters on the device: no host reads)."""
     iterator, done, step_ops = iter(batches), 0, OpCounter()
     phases: defaultdict[str, OpCounter] = defaultdict(OpCounter)
-    with shadowed(builds, around(lambda name: phases[name])):
-        while done < steps and (batch := next(iterator, None)) is not None:
-            with step_ops:
-                step(batch, phases.__getitem__)  # each phase inside its own counter
-            done += 1
+    while done < steps and (batch := next(iterator, None)) is not None:
+        # the builds counted inside the step only, not in a collate of the main process
+        with step_ops, shadowed(builds, around(lambda name: phases[name])):
+            step(batch, phases.__getitem__)  # each phase inside its own counter
+        done += 1
     per_step = lambda count: count / max(done, 1)  # noqa: E731
     dependent = lambda ops: per_step(sum(ops.data_dependent.values()))  # noqa: E731
     return dict(
@@ -114,7 +122,9 @@ def profile_steps(
     trace: Path | None,
 ) -> dict:
     """Up to ``steps`` training steps under ``torch.profiler`` (CPU, plus CUDA on a GPU), each
-    phase in a range; the Chrome trace goes to ``trace`` if given. Returns the ``profile``
+    phase in a range (a ``structures`` range inside ``loader`` is a build in the main
+    process's collate, ``--num-workers 0``); the Chrome trace goes to ``trace`` if given.
+    Returns the ``profile``
     record: the synced wall time of the steps (profiler overhead included: compare it with the
     timed median), dynamo compiles during them (a compile would swamp the profile), and
     :func:`summarize`'s per-step breakdown."""
