@@ -511,3 +511,64 @@ def test_auto_backend_uses_flex_on_cuda_only_where_blocks_are_dense():
         assert resolve(query(channels=8), whole) == "message_passing"
     assert resolve(query(), whole, need_weights=True) == "message_passing"
     assert resolve(query(), whole, dropout=True) == "message_passing"
+
+
+# ------------------------------------------------------------------- dense backend (CPU)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    edges_per_graph=st.integers(0, 30),
+    gated=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_equals_message_passing_with_its_gradients(sizes, edges_per_graph, gated, seed):
+    """The blocked dense backend computes the message-passing function, forward and backward,
+    with edge biases (parallel edges included: random edges repeat), type and distance gates,
+    one-node graphs and graphs without edges."""
+    generator = torch.Generator().manual_seed(seed)
+    x, edge_index, batch = random_batch(sizes, edges_per_graph, generator)
+    options = GATED if gated else {}
+    torch.manual_seed(seed)
+    reference = FlexGraphConv(8, 4, heads=2, mode="global", backend="message_passing", **options)
+    _randomize(reference, seed)
+    dense = FlexGraphConv(8, 4, heads=2, mode="global", backend="dense", **options)
+    dense.load_state_dict(reference.state_dict())
+    inputs = _edge_inputs(edge_index, generator) if gated else {}
+    structure = GraphStructure.build(
+        edge_index, x.size(0), batch, mode="global", max_distance=options.get("max_distance")
+    )
+    assert structure.fits_dense_blocks
+    outs, grads = [], []
+    for layer in (reference, dense):
+        features = x.clone().requires_grad_()
+        out = layer(features, edge_index, batch=batch, structure=structure, **inputs)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([features.grad, *(p.grad for p in layer.parameters())])
+    assert torch.allclose(outs[1], outs[0], atol=1e-5)
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_gradcheck_dense_with_edge_parameters():
+    generator = torch.Generator().manual_seed(12)
+    x, edge_index, batch = random_batch([4, 1, 5], 8, generator, channels=3)
+    x = x.double().requires_grad_()
+    edge_attr = torch.randn(edge_index.size(1), 2, generator=generator).double()
+    conv = FlexGraphConv(3, 2, heads=2, mode="global", edge_dim=2, max_distance=2)
+    conv = conv.double()
+    _randomize(conv, 12)
+    structure = GraphStructure.build(edge_index, x.size(0), batch, mode="global", max_distance=2)
+    names = ["lin_edge.weight", "no_edge_bias", "distance_bias.weight"]
+    params = {name: p.detach().clone().requires_grad_() for name, p in conv.named_parameters()}
+
+    def run(x, *edge_params):
+        values = dict(params, **dict(zip(names, edge_params, strict=True)))
+        return torch.func.functional_call(
+            conv, values, (x,), {"edge_attr": edge_attr, "structure": structure}
+        )
+
+    from pyg_mup.nn.backends import resolve_backend
+
+    assert resolve_backend("auto", x, structure, need_weights=False, dropout=False) == "dense"
+    assert torch.autograd.gradcheck(run, (x, *(params[name] for name in names)))
