@@ -253,3 +253,12 @@ def test_torch_export_without_a_prebuilt_structure_raises_clearly():
 
     with pytest.raises(RuntimeError, match="leave edge_index and batch out"):
         torch.export.export(WithEdges(), (x, edge_index, edge_attr))
+
+
+def test_torchscript_raises_clearly():
+    """PyG's full tests script their convs; TorchScript is deprecated in torch, so scripting a
+    FlexGraphConv, alone or inside a model, says so and names the alternatives."""
+    with pytest.raises(TypeError, match=r"does not support TorchScript.*torch.compile"):
+        torch.jit.script(FlexGraphConv(8, 4))
+    with pytest.raises(TypeError, match="does not support TorchScript"):
+        torch.jit.script(torch.nn.Sequential(FlexGraphConv(8, 4)))

@@ -94,7 +94,8 @@ class FlexGraphConv(MuPFlexAttention):
     it raises. Export a module that holds the structure and calls the layer with
     ``structure=`` and neither ``edge_index`` nor ``batch``: the structure becomes a constant
     of the exported program, which then serves that one graph (``edge_type`` ranges are
-    asserted when the program runs). TorchScript is not supported (deprecated in torch).
+    asserted when the program runs). ``torch.jit.script`` raises: TorchScript is deprecated
+    in torch and cannot script FlexAttention.
     """
 
     def __init__(
@@ -373,6 +374,15 @@ class FlexGraphConv(MuPFlexAttention):
             return (1.0 / structure.pair_multiplicity[structure.edge_pair]).unsqueeze(1)
         lse = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
         return (edge_bias - lse[structure.edge_pair]).exp()
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` calls this on every module it scripts: say why it cannot work
+        instead of failing deep in PyG's TorchScript templates."""
+        raise TypeError(
+            f"{type(self).__name__} does not support TorchScript (deprecated in torch, and "
+            "FlexAttention cannot be scripted): use torch.compile, or torch.export with a "
+            "prebuilt structure (see the FlexGraphConv docstring)"
+        )
 
     def __repr__(self) -> str:
         extras = "".join(
