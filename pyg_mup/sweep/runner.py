@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from pyg_mup.data import DatasetError, load_dataset, task_of
 from pyg_mup.train import CheckpointError, ConfigError, RunDirError, train
+from pyg_mup.train.factory import dataset_transform
 
 from .space import SweepError, SweepSpec
 
@@ -138,7 +139,8 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     # Copy/process the dataset once, here: workers then only read the cache (and a wrong --root
     # fails before any trial starts).
     settings = spec.trial_config({a: v[0] for a, v in spec.grid.items()})
-    load_dataset(settings.dataset, settings.root, settings.cache_dir)
+    transform = dataset_transform(settings) if settings.dataset.startswith("ogbg-") else None
+    load_dataset(settings.dataset, settings.root, settings.cache_dir, pre_transform=transform)
     Path(spec.out).mkdir(parents=True, exist_ok=True)
     open_study(spec, create=True)
     if spec.workers == 1:
