@@ -282,6 +282,15 @@ class MuPFlexAttention(MessagePassing):
     def message(self, value_j: Tensor, alpha: Tensor) -> Tensor:
         return value_j * alpha.unsqueeze(-1)
 
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` calls this on every module it scripts: say why it cannot work
+        instead of failing deep in PyG's TorchScript templates."""
+        raise TypeError(
+            f"{type(self).__name__} does not support TorchScript (deprecated in torch, and "
+            "FlexAttention cannot be scripted): use torch.compile, or torch.export with a "
+            "prebuilt structure (see the FlexGraphConv docstring)"
+        )
+
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
@@ -291,15 +300,20 @@ class MuPFlexAttention(MessagePassing):
 
 @cache
 def _hook_parameters(cls: type) -> tuple[frozenset[str] | None, frozenset[str] | None]:
-    """The keywords each hook of ``cls`` declares (``None``: it takes ``**inputs``)."""
+    """The keywords each hook of ``cls`` declares (``None``: it takes ``**inputs``). A hook the
+    class does not override declares none: the base's ``**inputs`` would swallow a misspelt
+    keyword meant for the other one."""
 
-    def names(hook) -> frozenset[str] | None:
+    def names(name: str) -> frozenset[str] | None:
+        hook = getattr(cls, name)
+        if hook is getattr(MuPFlexAttention, name):
+            return frozenset()
         parameters = list(inspect.signature(hook).parameters.values())[2:]  # self, structure
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
             return None
         return frozenset(p.name for p in parameters)
 
-    return names(cls.score_mod), names(cls.mask_mod)
+    return names("score_mod"), names("mask_mod")
 
 
 def _route(

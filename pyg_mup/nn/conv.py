@@ -375,15 +375,6 @@ class FlexGraphConv(MuPFlexAttention):
         lse = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
         return (edge_bias - lse[structure.edge_pair]).exp()
 
-    def __prepare_scriptable__(self):
-        """``torch.jit.script`` calls this on every module it scripts: say why it cannot work
-        instead of failing deep in PyG's TorchScript templates."""
-        raise TypeError(
-            f"{type(self).__name__} does not support TorchScript (deprecated in torch, and "
-            "FlexAttention cannot be scripted): use torch.compile, or torch.export with a "
-            "prebuilt structure (see the FlexGraphConv docstring)"
-        )
-
     def __repr__(self) -> str:
         extras = "".join(
             f", {name}={getattr(self, name)}"
