@@ -40,3 +40,30 @@ def dense_distances(edge_index: Tensor, num_nodes: int, max_distance: int) -> Te
         reach = ((adjacency @ reach) > 0).float()
         distance[(reach > 0) & (distance > hops)] = hops
     return distance
+
+
+def bfs_hop_table(edge_index: Tensor, sizes: list[int], cap: int | None = None) -> Tensor:
+    """``[Σ n_g²]`` networkx BFS hops from key ``j`` to query ``i`` at ``offset_g + i · n_g + j``
+    of each graph (local node indices; edges along ``edge_index[0] → edge_index[1]``), the
+    layout of global structures' flat tables. Unreachable: 255, or with ``cap`` every distance
+    is ``min(d, cap)``."""
+    import networkx as nx
+
+    unreachable = 255 if cap is None else cap
+    ptr = [0, *torch.tensor(sizes, dtype=torch.long).cumsum(0).tolist()]
+    src, dst = edge_index.tolist() if edge_index.numel() else ([], [])
+    tables = []
+    for graph, size in enumerate(sizes):
+        digraph = nx.DiGraph()
+        digraph.add_nodes_from(range(size))
+        digraph.add_edges_from(
+            (s - ptr[graph], d - ptr[graph])
+            for s, d in zip(src, dst, strict=True)
+            if ptr[graph] <= d < ptr[graph + 1]
+        )
+        table = torch.full((size, size), unreachable, dtype=torch.long)
+        for key, hops in nx.all_pairs_shortest_path_length(digraph):
+            for query, length in hops.items():
+                table[query, key] = length if cap is None else min(length, cap)
+        tables.append(table.reshape(-1))
+    return torch.cat(tables) if tables else torch.zeros(0, dtype=torch.long)
