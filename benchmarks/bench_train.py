@@ -220,6 +220,7 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
         graphs_per_s_excl_loader=timed["graphs"] / max(seconds - timed["loader_s"], 1e-9),
         loader_s=timed["loader_s"], ms_per_step=seconds / max(steps, 1) * 1e3,
         median_step_ms=statistics.median(step_ms) if steps else None,
+        min_step_ms=min(step_ms) if steps else None,
         structure_ms_per_step=timed["build_s"] * 1e3 / max(steps, 1),
         structure_share=common.ratio(timed["build_s"] * 1e3, sum(step_ms)),
         compiles_timed=common.compiled_graphs() - before, final_loss=timed["loss"],
@@ -241,8 +242,9 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------- results
 def add_ratios(records: list[dict]) -> dict:
     """``{'ours-both/gps': x, ...}``: ours' graphs/s over its peer's (> 1: ours is faster),
-    end to end; each ours record also gets ``ratio_to_peer`` and, from the rates without the
-    loader's time, ``ratio_to_peer_excl_loader``."""
+    end to end; each ours record also gets ``ratio_to_peer``, from the rates without the
+    loader's time ``ratio_to_peer_excl_loader``, and from the median steps
+    ``ratio_to_peer_median_step``."""
     done = {r["model"]: r for r in records if r["status"] == "ok"}
     ratios = {}
     for ours, peer in PEERS.items():
@@ -254,6 +256,10 @@ def add_ratios(records: list[dict]) -> dict:
             excl = common.ratio(mine.get(rate), theirs.get(rate))
             if excl is not None:
                 mine["ratio_to_peer_excl_loader"] = excl
+            # same batches: the peer's median step over ours (robust to a loaded host's stalls)
+            median = common.ratio(theirs.get("median_step_ms"), mine.get("median_step_ms"))
+            if median is not None:
+                mine["ratio_to_peer_median_step"] = median
     return ratios
 
 
@@ -264,7 +270,10 @@ def markdown(records: list[dict]) -> str:
     columns += ["data-dep./step:", "in optimizer:", "peak MB:"]
     rows = []
     for r in records:
-        peer = f"{r['ratio_to_peer']:.2f}× {PEERS[r['model']]}" if "ratio_to_peer" in r else ""
+        peer = ""
+        if "ratio_to_peer" in r:
+            median = fmt(r.get("ratio_to_peer_median_step"), ".2f")
+            peer = f"{r['ratio_to_peer']:.2f}× {PEERS[r['model']]} (median step {median}×)"
         compiles = f"{r['compiles_warmup']}/{r['compiles_timed']}" if "compiles_timed" in r else ""
         error = (": " + r["error"].split("\n")[0][:120]) if "error" in r else ""
         ops = r.get("ops", {})

@@ -164,6 +164,8 @@ def hardware_rates(args) -> dict:
     """Measured copy bandwidth (bytes/s; a ``clone`` reads and writes each byte) and matmul rate
     (FLOP/s of ``torch.mm``) per dtype, best of 10: the denominators of the floors."""
     numel, dim = (2**22, 512) if args.smoke else (2**28, 8192)
+    if args.device.type == "cpu" and not args.smoke:  # an 8192² matmul takes seconds there
+        numel, dim = 2**24, 2048
     big = torch.empty(numel, device=args.device)
     copy_s = min(iteration_ms(big.clone, args.device, 10)) / 1e3
     rates = {}

@@ -103,6 +103,10 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
     assert by_model["ours-both"]["backends"]["global"]["block_density"] == 1.0
     assert env["optimizer"] == "AdamW(fused=True)" and env["collate_batches"] == 2
     assert set(data["ratios"]) == RATIOS and all(r > 0 for r in data["ratios"].values())
+    for ours, peer in (("ours-both", "gps"), ("ours-local", "transformerconv")):
+        assert by_model[ours]["ratio_to_peer_median_step"] == pytest.approx(
+            by_model[peer]["median_step_ms"] / by_model[ours]["median_step_ms"]
+        )
 
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == len(records) + 1  # header + one line per model
