@@ -98,20 +98,16 @@ def test_batch_ending_in_an_empty_graph(layout):
     graphs = _graphs((2, [(0, 1)]), (0, []))
     stored = Batch.from_data_list([AddHopDistance()(graph) for graph in graphs])
     assert stored.ptr.tolist() == [0, 2, 2]
-    structure = StructureSpec(("global",), max_distance=2).build_batch(stored)["global"]
-    assert structure.graph_sizes == (2, 0)
-    assert structure.flat_distance.tolist() == [0, 3, 1, 0]  # entry i·n + j: hops j → i
-    structure = GraphStructure.build(
-        stored.edge_index,
-        2,
-        stored.batch,
-        mode="global",
-        max_distance=2,
-        layout=layout,
-        ptr=stored.ptr,
-    )
-    assert structure.graph_sizes == (2, 0)
-    assert structure.flat_distance.tolist() == [0, 3, 1, 0]
+    options = {"mode": "global", "max_distance": 2, "layout": layout}
+    built = [
+        GraphStructure.build(stored.edge_index, 2, stored.batch, ptr=stored.ptr, **options),
+        GraphStructure.build(stored.edge_index, 2, ptr=stored.ptr, **options),
+    ]
+    if layout == "pack":  # the loader's build: ptr and the stored distances
+        built.append(StructureSpec(("global",), max_distance=2).build_batch(stored)["global"])
+    for structure in built:
+        assert structure.graph_sizes == (2, 0)
+        assert structure.flat_distance.tolist() == [0, 3, 1, 0]  # entry i·n + j: hops j → i
 
 
 # ----------------------------------------------------------------------- structures in loaders
@@ -213,12 +209,12 @@ def test_collater_in_a_plain_dataloader(molecules):
 
 
 # ------------------------------------------------------------------------------- moving
-def _structures():
+def _structures(flex=True):
     generator = torch.Generator().manual_seed(1)
     x, edge_index, batch = random_batch([6, 1, 9, 4], 10, generator)
-    local = GraphStructure.build(edge_index, x.size(0), max_distance=2, block_size=8, flex=True)
+    local = GraphStructure.build(edge_index, x.size(0), max_distance=2, block_size=8, flex=flex)
     glob = GraphStructure.build(
-        edge_index, x.size(0), batch, mode="global", max_distance=2, flex=True
+        edge_index, x.size(0), batch, mode="global", max_distance=2, flex=flex
     )
     return x, edge_index, batch, {"local": local, "global": glob}
 
@@ -242,28 +238,35 @@ def _all_tensors(structure):
     return tensors
 
 
+@pytest.mark.parametrize("flex", [False, True])
 @pytest.mark.parametrize("mode", ["local", "global"])
 @pytest.mark.parametrize("move", ["to", "apply"])
-def test_moved_structure_keeps_tensors_and_mods(mode, move):
-    x, edge_index, batch, structures = _structures()
+def test_moved_structure_keeps_tensors_and_mods(mode, move, flex):
+    x, edge_index, batch, structures = _structures(flex)
     structure = structures[mode]
     moved = structure.to("cpu") if move == "to" else structure.apply(lambda t: t.clone())
     before, after = _all_tensors(structure), _all_tensors(moved)
     assert after.keys() == before.keys()
-    required = {"pairs.pair_index", "attention_pairs", "block_mask.kv_indices", "blocks.q"}
-    required |= {"lookup.tiles"} if mode == "local" else {"layout.node_slot", "flat_distance"}
+    required = {"pairs.pair_index", "attention_pairs", "blocks.q", "message_passing_indices[0]"}
+    required |= {"pair_distance"} if mode == "local" else {"layout.node_slot", "flat_distance"}
+    if flex:
+        required |= {"block_mask.kv_indices", "lookup.tiles" if mode == "local" else "flat_row"}
+    else:
+        assert not any(name.startswith(("block_mask.", "lookup.")) for name in before)
     assert required <= set(before)
     for name, value in before.items():
         assert torch.equal(after[name], value), name
         if move == "apply" and value.numel():
             assert after[name].data_ptr() != value.data_ptr(), name  # really copied
-    # the moved structure's mods work and answer as the original's
+    # the moved structure's mods work and answer as the original's (local ones need flex)
     q, kv = torch.arange(structure.seq_dst)[:, None], torch.arange(structure.seq_src)[None, :]
-    assert torch.equal(moved.mask_mod()(0, 0, q, kv), structure.mask_mod()(0, 0, q, kv))
-    assert torch.equal(moved.pair_row(q, kv), structure.pair_row(q, kv))
-    assert torch.equal(moved.distance(q, kv), structure.distance(q, kv))
+    if flex or mode == "global":
+        assert torch.equal(moved.mask_mod()(0, 0, q, kv), structure.mask_mod()(0, 0, q, kv))
+        assert torch.equal(moved.pair_row(q, kv), structure.pair_row(q, kv))
+        assert torch.equal(moved.distance(q, kv), structure.distance(q, kv))
     torch.manual_seed(0)
-    conv = FlexGraphConv(8, 4, heads=2, mode=mode, edge_dim=3, max_distance=2, backend="flex")
+    backend = "flex" if flex else "auto"
+    conv = FlexGraphConv(8, 4, heads=2, mode=mode, edge_dim=3, max_distance=2, backend=backend)
     edge_attr = torch.randn(edge_index.size(1), 3)
     options = {"batch": batch} if mode == "global" else {}
     with torch.no_grad():
@@ -320,6 +323,24 @@ def test_structure_reused_with_another_batch_raises():
     batch_b = torch.tensor([0] * 5 + [1, 1, 2, 2])
     with pytest.raises(ValueError, match="batch differs"):
         conv(x, edge_index, batch=batch_b, structure=for_a)
+
+
+def test_structure_built_from_ptr_checks_the_batch_against_its_graphs():
+    """``ptr`` stands in for ``batch`` (GraphStructure.build): a structure built from ``ptr``
+    alone has the batch's graphs, so the layer accepts the matching ``batch`` and rejects
+    another one, rather than calling the structure a single graph."""
+    x, edge_index, batch = _two_graphs()
+    structure = GraphStructure.build(edge_index, x.size(0), mode="global", ptr=[0, 5, 9])
+    assert structure.graph_sizes == (5, 4)
+    conv = FlexGraphConv(8, 4, mode="global")
+    with torch.no_grad():
+        expected = conv(x, edge_index, batch=batch)
+        assert torch.allclose(conv(x, edge_index, structure=structure), expected, atol=1e-6)
+        assert torch.allclose(
+            conv(x, edge_index, batch=batch, structure=structure), expected, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="batch differs"):
+        conv(x, edge_index, batch=torch.tensor([0] * 4 + [1] * 5), structure=structure)
 
 
 @pytest.mark.parametrize("mode", ["local", "global"])
