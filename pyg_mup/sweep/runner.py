@@ -178,8 +178,15 @@ def work(spec_dict: dict[str, Any], own_process: bool = False) -> int:
             if spec.sampler == "grid" or _budget_used(study) >= spec.trials:
                 return done
             trial = study.ask()
-        run_trial(study, trial, spec)
+        try:
+            run_trial(study, trial, spec)
+        except _Stopped:
+            return done
         done += 1
+
+
+class _Stopped(Exception):
+    """A trial's run was stopped by a signal: the worker stops too."""
 
 
 def _budget_used(study: optuna.Study) -> int:
@@ -298,6 +305,13 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
             _write_log(run_dir, log)
             return study.tell(trial, state=TrialState.FAIL)
     _write_log(run_dir, log)
+    if summary.get("signal") or summary["status"] not in ("complete", "diverged"):
+        # stopped (Ctrl-C, SIGTERM, a time budget): not a result. Its parameters go back in the
+        # queue, and the retry continues from the checkpoint the stop wrote.
+        trial.set_user_attr("stale", True)
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(dict(params), user_attrs={"retry_of": root})
+        raise _Stopped(summary["status"])
     metrics = _last_epoch(run_dir)
     diverged = summary["status"] == "diverged"
     valid = summary["final_valid"]
