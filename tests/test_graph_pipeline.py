@@ -316,7 +316,7 @@ def test_structure_reused_with_another_batch_raises():
     conv = FlexGraphConv(8, 4, mode="global")
     single = GraphStructure.build(edge_index, x.size(0), mode="global")
     conv(x, edge_index, structure=single)  # used as built: one graph
-    with pytest.raises(ValueError, match="built without one"):
+    with pytest.raises(ValueError, match="built without batch or ptr, it is one graph"):
         conv(x, edge_index, batch=batch, structure=single)
     for_a = GraphStructure.build(edge_index, x.size(0), batch, mode="global")
     conv(x, edge_index, batch=batch.clone(), structure=for_a)  # an equal batch is the same one

@@ -103,7 +103,7 @@ class GlobalStructure(GraphStructure):
             if max_distance is None:
                 raise ValueError("edge_distance needs max_distance (the distance embedding size)")
             check_edge_distance(edge_distance, edge_index.size(1))
-        sizes, batch_given = _graph_sizes(batch, ptr, num_nodes)
+        sizes = _graph_sizes(batch, ptr, num_nodes)
         if batch is None:
             graph_ids = torch.arange(len(sizes), device=device)
             batch_index = torch.repeat_interleave(
@@ -136,8 +136,8 @@ class GlobalStructure(GraphStructure):
             layout=nodes,
             edge_index=edge_index,
             edge_version=edge_index._version,
-            batch=batch if batch_given else None,
-            batch_version=batch._version if batch_given else 0,
+            batch=batch_index,
+            batch_version=batch_index._version,
             pairs=pairs,
             attention_pairs=attention_pairs,
             message_passing_indices=(attention_pairs[1:].t(), attention_pairs[:1].t()),
@@ -239,7 +239,14 @@ class _FlatTables:
             if nodes.node_slot is not None
             else np.arange(int(graph_size.sum()))
         )
-        start = slots[first_node] if graph_size.size else first_node
+        # an empty graph starts where the next one would; nothing reads its start
+        start = (
+            np.where(
+                graph_size > 0, slots[np.minimum(first_node, max(slots.size - 1, 0))], first_node
+            )
+            if slots.size
+            else first_node
+        )
         padded = num_blocks(nodes.seq_len, block_size) * block_size
         graph = np.repeat(np.arange(graph_size.size), graph_size)
         node_graph = np.full(padded, -1, dtype=np.int64)
@@ -263,10 +270,8 @@ class _FlatTables:
         }
 
 
-def _graph_sizes(
-    batch: Tensor | None, ptr: Tensor | list[int] | None, num_nodes: int
-) -> tuple[list[int], bool]:
-    """Node count of each graph on the host (from ``ptr`` when given), and whether a batch was."""
+def _graph_sizes(batch: Tensor | None, ptr: Tensor | list[int] | None, num_nodes: int) -> list[int]:
+    """Node count of each graph, on the host (from ``ptr`` when given)."""
     if batch is not None:
         check_batch(batch, num_nodes)
     if ptr is not None:
@@ -275,12 +280,12 @@ def _graph_sizes(
         if not offsets or offsets[0] != 0:
             raise ValueError("ptr must start at 0 (PyG's Batch.ptr)")
         check_graph_sizes(sizes, num_nodes)
-        return sizes, batch is not None
+        return sizes
     if batch is None:
-        return [num_nodes] if num_nodes else [], False
+        return [num_nodes] if num_nodes else []
     if num_nodes == 0:
-        return [], True
-    return torch.bincount(batch.long()).tolist(), True
+        return []
+    return torch.bincount(batch.long()).tolist()
 
 
 def _within_graph_pairs(starts: Tensor, sizes: Tensor, host_sizes: list[int]) -> Tensor:

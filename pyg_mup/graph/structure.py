@@ -53,7 +53,8 @@ class GraphStructure:
       on these, calling the mods with ``message_passing_indices`` (``[P_att, 1]`` dst and src).
     * ``block_mask``: the FlexAttention ``BlockMask``, or ``None`` when built without ``flex``.
     * ``max_distance``: hop distances were tabulated up to it (``None``: no distances).
-    * ``edge_index``/``edge_version``/``batch``: what it was built from (the stale check).
+    * ``edge_index``/``edge_version``/``batch``: what it was built from (the stale check);
+      ``batch`` is the graph of each node (global mode: from ``batch``, ``ptr``, or one graph).
     """
 
     mode: ClassVar[str]
@@ -225,18 +226,14 @@ class GraphStructure:
         """Raise unless ``batch`` is the one this structure was built for (global mode)."""
         if batch is None or self.mode == "local":
             return
-        if self.batch is None:
-            raise ValueError(
-                "batch was given but the structure was built without one (as a single graph): "
-                "pass the same batch to GraphStructure.build"
-            )
         if batch is self.batch and batch._version == self.batch_version:
             return
         check_batch(batch, self.num_dst)
-        if batch.shape != self.batch.shape or not torch.equal(batch, self.batch):
+        if batch.shape != self.batch.shape or not torch.equal(batch.long(), self.batch):
             raise ValueError(
-                "batch differs from the one the structure was built for: build one "
-                "GraphStructure per batch"
+                f"batch differs from the {len(self.graph_sizes)} graph(s) the structure was built "
+                "for (built without batch or ptr, it is one graph): build one GraphStructure per "
+                "batch, with its batch"
             )
 
     # ------------------------------------------------------------------------ backends
