@@ -34,15 +34,19 @@ class Layout:
     node_of_slot: Tensor | None = None
 
     def to_slots(self, value: Tensor) -> Tensor:
-        """Per-node rows ``[N, ...]`` in slot order ``[S, ...]`` (zeros at padding)."""
-        if self.node_of_slot is None:
+        """Per-node rows ``[N, ...]`` in slot order ``[S, ...]`` (zeros at padding).
+
+        A copy into distinct slots, whose backward is a gather: a gather from node rows with
+        every padding slot reading one zero row would make the backward add thousands of
+        duplicates into that row, which indexing's CUDA backward does one after another."""
+        if self.node_slot is None:
             return value
-        padded = torch.cat([value, value.new_zeros((1, *value.shape[1:]))])
-        return padded[self.node_of_slot]  # -1 reads the zero row: a gather, no index_put
+        slots = value.new_zeros((self.seq_len, *value.shape[1:]))
+        return slots.index_copy(0, self.node_slot, value)
 
     def from_slots(self, value: Tensor) -> Tensor:
         """Inverse of :meth:`to_slots`: rows ``[S, ...]`` back in node order ``[N, ...]``."""
-        return value if self.node_slot is None else value[self.node_slot]
+        return value if self.node_slot is None else value.index_select(0, self.node_slot)
 
     def apply(self, fn: Callable[[Tensor], Tensor]) -> Layout:
         if self.node_slot is None:
