@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The shipped dataset's recipe (tuned by `pyg-mup sweep` at width 32, benchmarks/README.md),
+# applied at width 128; `make train RECIPE= ARGS="..."` trains with the plain defaults instead.
+RECIPE ?= pyg_mup/recipes/ogbg-molesol.json
+TRAIN_SHAPE ?= --width 128 --layers 2
+
 train: $(STAMP)
-	$(VENV)/bin/pyg-mup train $(ARGS)
+	$(VENV)/bin/pyg-mup train $(if $(RECIPE),--recipe $(RECIPE) $(TRAIN_SHAPE)) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
