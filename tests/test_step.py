@@ -41,9 +41,10 @@ def _model(attention: str, backend: str = "auto", layers: int = 2) -> torch.nn.M
     )
 
 
-def _step(model, optimizer, item) -> torch.Tensor:
+def _loss(forward, item) -> torch.Tensor:
+    """The regression loss of ``forward`` (a model, or its compiled version) on a collated batch."""
     batch = item.batch
-    pred = model(
+    pred = forward(
         batch.x,
         batch.edge_index,
         batch.edge_attr,
@@ -52,7 +53,11 @@ def _step(model, optimizer, item) -> torch.Tensor:
         num_nodes=batch.num_nodes,
         structures=item.structures,
     )
-    loss = torch.nn.functional.mse_loss(pred.squeeze(1), batch.y.squeeze(1))
+    return torch.nn.functional.mse_loss(pred.squeeze(1), batch.y.squeeze(1))
+
+
+def _step(model, optimizer, item) -> torch.Tensor:
+    loss = _loss(model, item)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -81,7 +86,8 @@ def test_compiled_model_has_no_graph_break_and_trains_like_eager(graphs):
     eager = _model("both", backend="message_passing", layers=1)
     compiled = _model("both", backend="message_passing", layers=1)
     compiled.load_state_dict(eager.state_dict())
-    eager.eval(), compiled.eval()  # dropout off: the two must see the same function
+    for model in (eager, compiled):  # dropout off: the two must see the same function
+        model.eval()
     step_of = {}
     for name, model in (("eager", eager), ("compiled", compiled)):
         forward = (
@@ -89,19 +95,9 @@ def test_compiled_model_has_no_graph_break_and_trains_like_eager(graphs):
         )
         optimizer = MuAdamW(model, lr=1e-3, fused=True)
         item = StructureCollater(model.structure_spec("cpu"))(graphs[:8])
-        batch = item.batch
         losses = []
         for _ in range(3):
-            pred = forward(
-                batch.x,
-                batch.edge_index,
-                batch.edge_attr,
-                batch.batch,
-                num_graphs=batch.num_graphs,
-                num_nodes=batch.num_nodes,
-                structures=item.structures,
-            )
-            loss = torch.nn.functional.mse_loss(pred.squeeze(1), batch.y.squeeze(1))
+            loss = _loss(forward, item)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
