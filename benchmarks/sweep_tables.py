@@ -18,7 +18,9 @@ from pathlib import Path
 
 def seed_means(trials: list[dict], axis: str) -> dict[tuple, dict[int, tuple[float, float]]]:
     """``{(parametrization, axis value): {log2_lr: (mean train loss, mean valid)}}``."""
-    groups: dict[tuple, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple, dict[int, list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for trial in trials:
         if trial["state"] != "COMPLETE" or trial["diverged"] or trial["valid"] is None:
             continue
