@@ -1,0 +1,216 @@
+"""``bench_dense_cpu.py``'s inputs and timed bodies: ogbg-molhiv batch sizes, random local graphs,
+and one forward+backward step per backend (blocked dense, message passing, GPS-style dense batch)
+for global and local attention."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.utils import scatter, softmax, to_dense_batch
+
+from pyg_mup.data import load_dataset
+from pyg_mup.graph.layout import Layout, pack_layout, packed_graph_starts, slot_layout
+from pyg_mup.nn.dense import dense_block_attention
+from pyg_mup.score_mods import pair_bias
+
+HEADS, CHANNELS = 4, 32
+SCALE = 1.0 / CHANNELS  # μP
+LOCAL_NODES = 2048
+Step = Callable[[], None]
+
+
+# ------------------------------------------------------------------------------------ inputs
+def molhiv_graphs(root: str) -> tuple[np.ndarray, np.ndarray]:
+    """Node and (directed) edge counts of the training graphs of ogbg-molhiv."""
+    data = load_dataset("ogbg-molhiv", root=root)
+    train = data.split_idx["train"].numpy()
+    slices = data.dataset.slices
+    return slices["x"].diff().numpy()[train], slices["edge_index"].diff().numpy()[train]
+
+
+def draw_batch(graphs: tuple[np.ndarray, np.ndarray], cap: int | None, count: int, rng):
+    """Node counts ``[G]`` of a random batch (in random order) and its number of edges."""
+    sizes, edges = graphs
+    if cap is None:
+        large = rng.choice(np.flatnonzero(sizes > 128), size=1)
+        drawn = np.concatenate([large, rng.choice(sizes.size, size=count - 1, replace=False)])
+    else:
+        drawn = rng.choice(np.flatnonzero(sizes <= cap), size=count, replace=False)
+    drawn = rng.permutation(drawn)
+    return torch.from_numpy(sizes[drawn]).long(), int(edges[drawn].sum())
+
+
+def projections(num_nodes: int, generator: torch.Generator) -> list[Tensor]:
+    """Leaf ``query``, ``key``, ``value`` ``[N, H, d]`` and an output gradient."""
+    shape = (num_nodes, HEADS, CHANNELS)
+    qkv = [torch.randn(shape, generator=generator).requires_grad_() for _ in range(3)]
+    return [*qkv, torch.randn(shape, generator=generator)]
+
+
+def fwd_bwd(attention: Callable[[], Tensor], grad: Tensor, leaves: list[Tensor]) -> Step:
+    def step() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        attention().backward(grad)
+
+    return step
+
+
+def packed(sizes: Tensor, block: int) -> tuple[Layout, Tensor]:
+    """The pack layout padded to whole blocks, and the first slot of each graph."""
+    starts, length = packed_graph_starts(sizes.tolist(), block)
+    layout = pack_layout(sizes.tolist(), block, torch.device("cpu"))
+    return slot_layout(layout.node_slot, math.ceil(length / block) * block), torch.tensor(starts)
+
+
+def flat_rows(node_graph: Tensor, start: Tensor, sizes: Tensor) -> tuple[Tensor, int]:
+    """structure.py's flat per-pair rows: pair (q, kv) of one graph is row ``flat_row[q] + kv``."""
+    offsets = sizes * sizes
+    offsets = offsets.cumsum(0) - offsets
+    safe = node_graph.clamp(min=0)
+    slot = torch.arange(node_graph.numel())
+    row = offsets[safe] + (slot - start[safe]) * sizes[safe] - start[safe]
+    return torch.where(node_graph >= 0, row, 0), int((sizes * sizes).sum())
+
+
+# ------------------------------------------------------------------------------ global steps
+def global_dense(sizes: Tensor, block: int, inputs: list[Tensor], bias: Tensor | None) -> Step:
+    query, key, value, grad = inputs
+    layout, start = packed(sizes, block)
+    graph, node = torch.repeat_interleave(torch.arange(sizes.numel()), sizes), layout.node_of_slot
+    node_graph = torch.where(node >= 0, graph[node.clamp(min=0)], -1)  # [S], -1 = padding
+    flat_row, flat_size = flat_rows(node_graph, start, sizes)
+
+    def same_graph(b, h, q, kv):
+        graph = node_graph[q]
+        return (graph == node_graph[kv]) & (graph >= 0)
+
+    def flat_index(q, kv):
+        return torch.remainder(flat_row[q] + kv, flat_size)
+
+    score_mod = pair_bias(flat_index, bias) if bias is not None else None
+
+    def attention() -> Tensor:
+        q, k, v = (layout.to_slots(x) for x in (query, key, value))
+        out = dense_block_attention(
+            q, k, v, block_size=block, scale=SCALE, score_mod=score_mod, mask_mod=same_graph
+        )
+        return layout.from_slots(out)
+
+    return fwd_bwd(attention, grad, [query, key, value, *([bias] if bias is not None else [])])
+
+
+def message_passing(
+    src: Tensor, dst: Tensor, num_nodes: int, inputs: list[Tensor], score_mod, mask_mod, leaves
+) -> Step:
+    """The layer's ``_message_passing`` over explicit pairs ``src -> dst`` (sorted by dst)."""
+    query, key, value, grad = inputs
+    q_index, kv_index = dst.unsqueeze(1), src.unsqueeze(1)
+    head = torch.arange(HEADS).unsqueeze(0)
+    batch = torch.zeros_like(q_index)
+
+    def attention() -> Tensor:
+        score = (query.index_select(0, dst) * key.index_select(0, src)).sum(dim=-1) * SCALE
+        if score_mod is not None:
+            score = score_mod(score, batch, head, q_index, kv_index)
+        keep = None
+        if mask_mod is not None:
+            keep = mask_mod(batch, head, q_index, kv_index).expand_as(score)
+            score = score.masked_fill(~keep, torch.finfo(score.dtype).min)
+        alpha = softmax(score, dst, num_nodes=num_nodes)
+        if keep is not None:
+            alpha = alpha * keep
+        message = value.index_select(0, src) * alpha.unsqueeze(-1)
+        return scatter(message, dst, dim=0, dim_size=num_nodes, reduce="sum")
+
+    return fwd_bwd(attention, grad, [query, key, value, *leaves])
+
+
+def global_message_passing(sizes: Tensor, inputs: list[Tensor], bias: Tensor | None) -> Step:
+    ptr = (sizes.cumsum(0) - sizes).tolist()
+    pairs = [
+        np.stack(np.meshgrid(np.arange(n) + p, np.arange(n) + p)).reshape(2, -1)
+        for n, p in zip(sizes.tolist(), ptr, strict=True)
+    ]  # (src, dst), dst-major
+    src, dst = torch.from_numpy(np.concatenate(pairs, 1)).long()
+    graph = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    flat_row, _ = flat_rows(graph, torch.tensor(ptr), sizes)
+
+    def same_graph(b, h, q, kv):
+        return graph[q] == graph[kv]
+
+    def flat_index(q, kv):
+        return flat_row[q] + kv
+
+    score_mod = pair_bias(flat_index, bias) if bias is not None else None
+    leaves = [bias] if bias is not None else []
+    return message_passing(src, dst, graph.numel(), inputs, score_mod, same_graph, leaves)
+
+
+def global_gps(sizes: Tensor, inputs: list[Tensor]) -> Step:
+    query, key, value, grad = inputs
+    graph = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+
+    def dense(x: Tensor) -> tuple[Tensor, Tensor]:
+        batched, mask = to_dense_batch(x.flatten(1), graph)  # [G, M, H·d], [G, M]
+        return batched.view(*batched.shape[:2], HEADS, CHANNELS).transpose(1, 2), mask
+
+    def attention() -> Tensor:
+        (q, mask), (k, _), (v, _) = dense(query), dense(key), dense(value)
+        key_padding = mask[:, None, None, :]  # [G, 1, 1, M]: True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding, scale=SCALE)
+        return out.transpose(1, 2)[mask]  # [N, H, d]
+
+    return fwd_bwd(attention, grad, [query, key, value])
+
+
+# ------------------------------------------------------------------------------- local steps
+def local_graph(block: int, density: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Unique random (src, dst) pairs inside each block of ``block`` nodes, sorted by dst."""
+    blocks = LOCAL_NODES // block
+    per_block = max(1, round(density * block * block))
+    scores = torch.rand(blocks, block * block, generator=generator)
+    entry = scores.topk(per_block, dim=1).indices  # distinct entries per block
+    dst = entry // block + torch.arange(blocks).unsqueeze(1) * block
+    src = entry % block + torch.arange(blocks).unsqueeze(1) * block
+    order = torch.argsort(dst.flatten() * LOCAL_NODES + src.flatten())
+    return src.flatten()[order], dst.flatten()[order]
+
+
+def local_dense(block: int, src: Tensor, dst: Tensor, inputs: list[Tensor], bias) -> Step:
+    query, key, value, grad = inputs
+    tiles = torch.zeros(LOCAL_NODES * block, dtype=torch.long)  # pair id + 1 at q·B + kv mod B
+    tiles[dst * block + src % block] = torch.arange(1, src.numel() + 1)
+
+    def pair(q, kv):
+        return tiles[q * block + kv % block]
+
+    def edge_mask(b, h, q, kv):
+        return pair(q, kv) > 0
+
+    score_mod = pair_bias(pair, bias) if bias is not None else None
+
+    def attention() -> Tensor:
+        return dense_block_attention(
+            query, key, value, block_size=block, scale=SCALE, score_mod=score_mod,
+            mask_mod=edge_mask,
+        )  # fmt: skip
+
+    return fwd_bwd(attention, grad, [query, key, value, *([bias] if bias is not None else [])])
+
+
+def local_message_passing(src: Tensor, dst: Tensor, inputs: list[Tensor], bias) -> Step:
+    """The pairs are the edges: no mask; the bias row is the pair id (row 0 = no pair)."""
+    pair_id = torch.arange(1, src.numel() + 1).unsqueeze(1)
+
+    def pair(q, kv):  # the twin answers its own pair ids without a look-up
+        return pair_id
+
+    score_mod = pair_bias(pair, bias) if bias is not None else None
+    leaves = [bias] if bias is not None else []
+    return message_passing(src, dst, LOCAL_NODES, inputs, score_mod, None, leaves)
