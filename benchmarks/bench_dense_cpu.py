@@ -266,7 +266,7 @@ def markdown(global_records: list[dict], local: list[dict], found: list[dict]) -
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default="/work/shared/data", help="OGB datasets folder")
+    parser.add_argument("--root", default="../shared/data", help="OGB datasets folder")
     parser.add_argument("--num-graphs", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case (at most)")
     parser.add_argument("--min-rounds", type=int, default=3)
