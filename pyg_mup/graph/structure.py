@@ -202,13 +202,26 @@ class GraphStructure:
 
     def edge_to_pair(self, edge_values: Tensor, reduce: str = "mean") -> Tensor:
         """Per-edge values ``[E, ...]`` → per-pair values ``[P, ...]`` (``'mean'``, ``'sum'``,
-        ``'max'``, ``'min'`` over parallel edges), e.g. an edge-type embedding before
-        :meth:`pair_values`. Without parallel edges, the edges reordered by pair."""
+        ``'max'``, ``'min'`` or ``'logsumexp'`` over parallel edges), e.g. an edge-type embedding
+        before :meth:`pair_values`; ``'logsumexp'`` of per-edge biases makes a softmax over pairs
+        count each parallel edge, as PyG's softmax over edges does. Without parallel edges, the
+        edges reordered by pair."""
         if not self.has_parallel_edges:
             return edge_values.new_empty(edge_values.shape).index_copy(
                 0, self.edge_pair, edge_values
             )
+        if reduce == "logsumexp":
+            return _scatter_logsumexp(edge_values, self.edge_pair, self.num_pairs)
         return scatter(edge_values, self.edge_pair, 0, self.num_pairs, reduce=reduce)
+
+    def edge_share(self, edge_values: Tensor | None = None) -> Tensor:
+        """``[E, ...]`` share of each edge in its pair's attention weight: ``softmax`` of
+        ``edge_values`` over the pair's parallel edges, or ``1 / multiplicity`` without them
+        (``[E, 1]``)."""
+        if edge_values is None:
+            return (1.0 / self.pair_multiplicity[self.edge_pair]).unsqueeze(1)
+        lse = _scatter_logsumexp(edge_values, self.edge_pair, self.num_pairs)
+        return (edge_values - lse[self.edge_pair]).exp()
 
     # -------------------------------------------------------------------------- stale check
     def matches(self, edge_index: Tensor, num_src: int, num_dst: int) -> bool:
@@ -315,3 +328,10 @@ class GraphStructure:
 
 def _same(tensor: Tensor) -> Tensor:
     return tensor
+
+
+def _scatter_logsumexp(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    """Numerically stable per-group log-sum-exp of ``src`` ``[E, H]`` into ``[dim_size, H]``."""
+    peak = scatter(src.detach(), index, 0, dim_size, reduce="max")
+    total = scatter((src - peak[index]).exp(), index, 0, dim_size, reduce="sum")
+    return total.log() + peak

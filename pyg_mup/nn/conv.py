@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.nn import Embedding, Parameter
 from torch_geometric.nn import Linear
 from torch_geometric.typing import SparseTensor
-from torch_geometric.utils import is_sparse, is_torch_sparse_tensor, scatter, to_edge_index
+from torch_geometric.utils import is_sparse, is_torch_sparse_tensor, to_edge_index
 from torch_geometric.utils.sparse import set_sparse_value
 
 from pyg_mup.graph import MODES, GraphStructure
@@ -228,7 +228,7 @@ class FlexGraphConv(MuPFlexAttention):
             return out
         if self.mode == "global":
             return out, (structure.attention_pairs_of_nodes(), alpha)
-        alpha = alpha[structure.edge_pair] * self._edge_share(structure, edge_attr)
+        alpha = alpha[structure.edge_pair] * structure.edge_share(self._edge_bias(edge_attr))
         if isinstance(adj, SparseTensor):
             return out, adj.set_value(alpha, layout="coo")
         if adj is not None and is_torch_sparse_tensor(adj):
@@ -348,10 +348,8 @@ class FlexGraphConv(MuPFlexAttention):
                 return None
             pair = structure.pair_multiplicity.to(self.lin_query.weight.dtype).log()
             pair = pair.unsqueeze(1).expand(-1, self.heads)
-        elif structure.has_parallel_edges:
-            pair = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
-        else:  # one edge per pair: the log-sum-exp is the edge's bias, reordered by pair
-            pair = structure.edge_to_pair(edge_bias)
+        else:
+            pair = structure.edge_to_pair(edge_bias, reduce="logsumexp")
         if self.no_edge_bias is not None:
             pair = pair - self.no_edge_bias.to(pair.dtype)
         return pair
@@ -366,14 +364,6 @@ class FlexGraphConv(MuPFlexAttention):
         if self.gate_type is None or self.mode != "global":
             return None
         return self.gate_type.weight[self.num_edge_types]
-
-    def _edge_share(self, structure: GraphStructure, edge_attr: Tensor | None) -> Tensor:
-        """``[E, H]`` (or ``[E, 1]``) share of each edge in its pair's attention weight."""
-        edge_bias = self._edge_bias(edge_attr)
-        if edge_bias is None:
-            return (1.0 / structure.pair_multiplicity[structure.edge_pair]).unsqueeze(1)
-        lse = _scatter_logsumexp(edge_bias, structure.edge_pair, structure.num_pairs)
-        return (edge_bias - lse[structure.edge_pair]).exp()
 
     def __repr__(self) -> str:
         extras = "".join(
@@ -425,10 +415,3 @@ def _sparse_weights(adj: Tensor, alpha: Tensor) -> Tensor:
     if adj.layout == torch.sparse_csr:
         return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), alpha, size)
     return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(), alpha, size)
-
-
-def _scatter_logsumexp(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
-    """Numerically stable per-group log-sum-exp of ``src`` ``[E, H]`` into ``[dim_size, H]``."""
-    peak = scatter(src.detach(), index, 0, dim_size, reduce="max")
-    total = scatter((src - peak[index]).exp(), index, 0, dim_size, reduce="sum")
-    return total.log() + peak
