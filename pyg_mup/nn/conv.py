@@ -7,14 +7,15 @@ from torch import Tensor
 from torch.nn import Embedding, Parameter
 from torch_geometric.nn import Linear
 from torch_geometric.typing import SparseTensor
-from torch_geometric.utils import is_sparse, is_torch_sparse_tensor, to_edge_index
-from torch_geometric.utils.sparse import set_sparse_value
+from torch_geometric.utils import is_sparse
 
 from pyg_mup.graph import MODES, GraphStructure
 from pyg_mup.graph.checks import check_dtype, check_edge_tensor, check_positive_int
 from pyg_mup.score_mods import ScoreMod, compose, pair_bias, sigmoid_gate
 
 from .attention import MuPFlexAttention
+from .prebuilt import check_edge_type_range, check_structure, graph_input
+from .sparse_inputs import attention_weights_like, edges_of_adj_t
 
 
 class FlexGraphConv(MuPFlexAttention):
@@ -184,26 +185,14 @@ class FlexGraphConv(MuPFlexAttention):
         ``structure`` reuses a prebuilt one: then ``edge_index`` (and ``batch``) may be left out —
         the structure holds them — or given, and checked against it.
         """
-        if torch.compiler.is_exporting():
-            _check_exportable(edge_index, batch, structure)
-        if edge_index is None:
-            if structure is None:
-                raise TypeError("edge_index is required unless a prebuilt structure is given")
-            if return_attention_weights:
-                edge_index = structure.edge_index
+        edge_index = graph_input(edge_index, batch, structure, return_attention_weights)
         x_src, x_dst = self._split_features(x)
         num_src, num_dst = x_src.size(0), x_dst.size(0)
         adj = edge_index if is_sparse(edge_index) else None
         if adj is not None:
-            if adj.size(0) != num_dst or adj.size(1) != num_src:
-                raise ValueError(
-                    f"sparse adj_t must have shape [N_dst, N_src]=[{num_dst}, {num_src}], "
-                    f"got {list(adj.shape) if isinstance(adj, Tensor) else list(adj.sizes())}"
-                )
-            edge_index, values = to_edge_index(adj)
-            edge_index = edge_index.flip(0)
-            if edge_attr is None and self.edge_dim is not None:
-                edge_attr = _edge_features(adj, values)
+            edge_index, edge_attr = edges_of_adj_t(
+                adj, num_src, num_dst, edge_attr, self.edge_dim is not None
+            )
         if edge_attr is not None and edge_attr.dtype.is_floating_point:
             check_dtype(edge_attr, "edge_attr", self.lin_query.weight.dtype)
         if structure is None:
@@ -219,7 +208,16 @@ class FlexGraphConv(MuPFlexAttention):
                 flex=True if self.backend == "flex" else None,
             )
         else:
-            self._check_structure(structure, edge_index, num_src, num_dst, edge_distance, batch)
+            check_structure(
+                structure,
+                mode=self.mode,
+                max_distance=self.max_distance,
+                edge_index=edge_index,
+                num_src=num_src,
+                num_dst=num_dst,
+                edge_distance=edge_distance,
+                batch=batch,
+            )
 
         out, alpha = self.attend(
             x, structure, bool(return_attention_weights), edge_attr=edge_attr, edge_type=edge_type
@@ -229,44 +227,7 @@ class FlexGraphConv(MuPFlexAttention):
         if self.mode == "global":
             return out, (structure.attention_pairs_of_nodes(), alpha)
         alpha = alpha[structure.edge_pair] * structure.edge_share(self._edge_bias(edge_attr))
-        if isinstance(adj, SparseTensor):
-            return out, adj.set_value(alpha, layout="coo")
-        if adj is not None and is_torch_sparse_tensor(adj):
-            return out, (_sparse_weights(adj, alpha), alpha)
-        return out, (edge_index, alpha)
-
-    def _check_structure(
-        self,
-        structure: GraphStructure,
-        edge_index: Tensor | None,
-        num_src: int,
-        num_dst: int,
-        edge_distance: Tensor | None,
-        batch: Tensor | None,
-    ) -> None:
-        if not isinstance(structure, GraphStructure):
-            raise TypeError(f"structure must be a GraphStructure, got {type(structure).__name__}")
-        if structure.mode != self.mode:
-            raise ValueError(
-                f"structure was built for mode={structure.mode!r}, layer is {self.mode!r}"
-            )
-        if self.max_distance is not None and (
-            structure.max_distance is None or structure.max_distance < self.max_distance
-        ):
-            raise ValueError(
-                f"layer has max_distance={self.max_distance}; build the structure with at least "
-                f"that max_distance (got {structure.max_distance})"
-            )
-        if edge_distance is not None:
-            raise ValueError("pass edge_distance to GraphStructure.build, not with a structure")
-        if (num_src, num_dst) != (structure.num_src, structure.num_dst) or (
-            edge_index is not None and not structure.matches(edge_index, num_src, num_dst)
-        ):
-            raise ValueError(
-                "structure was built for another graph (edge_index or node counts differ, or "
-                "edge_index was edited in place since): build one GraphStructure per batch"
-            )
-        structure.check_batch(batch)
+        return out, attention_weights_like(adj, edge_index, alpha)
 
     # --------------------------------------------------------------------------- mods
     def score_mod(
@@ -314,16 +275,8 @@ class FlexGraphConv(MuPFlexAttention):
             if edge_type is None:
                 raise ValueError("edge_type [E] is required: num_edge_types is set")
             check_edge_tensor(edge_type, "edge_type", num_edges, None, integer=True)
-            message = f"edge_type values must be in [0, num_edge_types={self.num_edge_types})"
-            if num_edges and torch.compiler.is_exporting():
-                # export cannot branch on values: the program asserts the range when it runs
-                # (type num_edge_types would silently read the no-edge row)
-                torch._check(edge_type.min().item() >= 0, lambda: message)
-                torch._check(edge_type.max().item() < self.num_edge_types, lambda: message)
-            elif num_edges and (
-                int(edge_type.min()) < 0 or int(edge_type.max()) >= self.num_edge_types
-            ):
-                raise ValueError(message)
+            if num_edges:
+                check_edge_type_range(edge_type, self.num_edge_types)
         elif edge_type is not None:
             raise ValueError("edge_type was given but the layer has num_edge_types=None")
 
@@ -375,43 +328,3 @@ class FlexGraphConv(MuPFlexAttention):
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads}, mode='{self.mode}'{extras})"
         )
-
-
-def _check_exportable(
-    edge_index: Tensor | SparseTensor | None, batch: Tensor | None, structure: object
-) -> None:
-    """Under ``torch.export``: the structure must be prebuilt and be the only graph input."""
-    if structure is None:
-        raise RuntimeError(
-            "torch.export of FlexGraphConv needs a prebuilt structure: building one inside "
-            "forward is data-dependent. Export a module holding GraphStructure.build(...) that "
-            "calls the layer with structure= (and no edge_index or batch)"
-        )
-    if edge_index is not None or batch is not None:
-        raise RuntimeError(
-            "torch.export of FlexGraphConv with a structure: leave edge_index and batch out "
-            "(the structure is a constant of the exported program; comparing them with it "
-            "would be data-dependent, and ignoring them could silently serve another graph)"
-        )
-
-
-def _edge_features(adj: Tensor | SparseTensor, values: Tensor) -> Tensor | None:
-    """The edge features an ``adj_t`` carries, by PyG's message-passing convention: a
-    ``SparseTensor``'s values, or a torch sparse tensor's values when they are ``[E, F]`` (its
-    ``[E]`` values are the edge weights of an adjacency, ones when built from ``edge_index``)."""
-    if isinstance(adj, SparseTensor):
-        return adj.storage.value()
-    return values if values.dim() > 1 else None
-
-
-def _sparse_weights(adj: Tensor, alpha: Tensor) -> Tensor:
-    """``alpha`` ``[E, H]`` as a ``[N_dst, N_src, H]`` sparse tensor of ``adj``'s layout and
-    indices (its stored entries are the edges, in order)."""
-    if adj.dense_dim() == 0:
-        return set_sparse_value(adj, alpha)
-    size = (adj.size(0), adj.size(1), alpha.size(1))  # hybrid adj: its feature dims go
-    if adj.layout == torch.sparse_coo:
-        return torch.sparse_coo_tensor(adj.indices(), alpha, size).coalesce()
-    if adj.layout == torch.sparse_csr:
-        return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), alpha, size)
-    return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(), alpha, size)
