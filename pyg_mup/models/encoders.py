@@ -4,15 +4,23 @@ Molecules (``ogbg-mol*``) use OGB's ``AtomEncoder``/``BondEncoder`` (one embeddi
 categorical feature column, summed). Other datasets have float features (a linear map) or none
 (one learned vector shared by every node). All inits are width-independent, as μP wants of
 input layers (and as the SP twin then shares).
+
+The graph-level models share their prologue, the node embedding ``h⁰`` (:func:`node_encoders`
+builds it, :func:`encode_nodes` computes it). It is functions over modules the model holds as
+``node_encoder`` and ``encodings``, not a module of its own, so the models' parameter names (and
+checkpoints saved by earlier versions) stay as they were.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from torch import Tensor, nn
+
+from .encodings import Encoding, NodeEncodings
 
 FeatureSpec = str | int | None
 """``'atom'``/``'bond'`` (OGB molecule encoders), ``F`` (float features of size F), or ``None``."""
@@ -90,3 +98,46 @@ def feature_specs(dataset_name: str, x: Tensor | None, edge_attr: Tensor | None)
         return None if t is None else (t.view(t.size(0), -1).size(1))
 
     return spec(x), spec(edge_attr)
+
+
+def node_encoders(
+    node_features: FeatureSpec, width: int, encodings: Iterable[str | Encoding] = ()
+) -> tuple[FeatureEncoder, NodeEncodings | None]:
+    """``(node_encoder, encodings)`` of a model: the node feature encoder and, given specs such
+    as ``('rwse:16', 'degree')``, the node encodings added to it (else ``None``)."""
+    encodings = tuple(encodings)
+    return FeatureEncoder(node_features, width), (
+        NodeEncodings(encodings, width) if encodings else None
+    )
+
+
+def count_nodes(x: Tensor | None, batch: Tensor | None) -> int:
+    """``N``: the rows of ``x`` ``[N, F]``, or of ``batch`` ``[N]`` for graphs without node
+    features."""
+    if x is not None:
+        return x.size(0)
+    if batch is not None:
+        return batch.numel()
+    raise ValueError("x or batch is required to know the number of nodes")
+
+
+def encode_nodes(
+    node_encoder: FeatureEncoder,
+    encodings: NodeEncodings | None,
+    x: Tensor | None,
+    stored: dict[str, Tensor] | None,
+    edge_index: Tensor,
+    num_nodes: int,
+    batch: Tensor | None,
+) -> Tensor:
+    """``h⁰`` ``[N, width]``: the encoded node features plus the node encodings, if any.
+
+    ``stored`` holds the batch's stored encodings (``rwse``, ``lap_pe``: ``[N, K]``, see
+    :func:`~pyg_mup.models.encodings.encodings_of`); ``None`` is none, which suffices for
+    ``'degree'`` alone (computed from ``edge_index`` ``[2, E]``). ``batch`` ``[N]`` (``None``: one
+    graph) draws the Laplacian sign flips per graph.
+    """
+    h = node_encoder(x, num_nodes)
+    if encodings is None:
+        return h
+    return h + encodings(stored or {}, edge_index, num_nodes, batch)

@@ -18,8 +18,8 @@ from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_p
 
 from pyg_mup.mup import MuReadout
 
-from .encoders import FeatureEncoder, FeatureSpec
-from .encodings import Encoding, NodeEncodings
+from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
+from .encodings import Encoding
 
 
 def _mlp(width: int, out: int, final_act: bool) -> nn.Sequential:
@@ -90,9 +90,7 @@ class GINEVirtualNode(nn.Module):
             raise ValueError(f"layers must be at least 1, got {layers}")
         self.width = width
         self.layers = layers
-        self.node_encoder = FeatureEncoder(node_features, width)
-        encodings = tuple(encodings)
-        self.encodings = NodeEncodings(encodings, width) if encodings else None
+        self.node_encoder, self.encodings = node_encoders(node_features, width, encodings)
         self.edge_encoders = (
             nn.ModuleList(FeatureEncoder(edge_features, width) for _ in range(layers))
             if edge_features is not None
@@ -122,22 +120,16 @@ class GINEVirtualNode(nn.Module):
         encodings: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Predict ``[num_graphs, out_channels]``. Without ``num_graphs`` it is read from
-        ``batch`` (a device sync); ``encodings`` is required iff the model has encodings."""
-        if x is not None:
-            num_nodes = x.size(0)
-        elif batch is not None:
-            num_nodes = batch.numel()
-        else:
-            raise ValueError("x or batch is required to know the number of nodes")
+        ``batch`` (a device sync); ``encodings`` holds the stored node encodings
+        (:func:`~pyg_mup.models.encoders.encode_nodes`)."""
+        num_nodes = count_nodes(x, batch)
         if batch is None:
             batch, num_graphs = edge_index.new_zeros(num_nodes), 1
         elif num_graphs is None:
             num_graphs = int(batch.max()) + 1
-        h = self.node_encoder(x, num_nodes)
-        if self.encodings is not None:
-            if encodings is None:
-                raise ValueError("encodings is required: the model was built with encodings")
-            h = h + self.encodings(encodings, edge_index, num_nodes, batch)
+        h = encode_nodes(
+            self.node_encoder, self.encodings, x, encodings, edge_index, num_nodes, batch
+        )
         if self.edge_encoders is not None and edge_attr is None:
             raise ValueError("edge_attr is required: the model was built with edge_features")
 

@@ -11,8 +11,7 @@ from pyg_mup.graph import GraphStructure, StructureSpec
 from pyg_mup.mup import MuReadout
 
 from .block import TransformerBlock
-from .encoders import FeatureEncoder, FeatureSpec
-from .encodings import NodeEncodings
+from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
 
 
 class GraphTransformer(nn.Module):
@@ -77,8 +76,7 @@ class GraphTransformer(nn.Module):
         self.width = width
         self.attention = attention
         self.max_distance = max_distance if attention != "local" else None
-        self.node_encoder = FeatureEncoder(node_features, width)
-        self.encodings = NodeEncodings(encodings, width) if encodings else None
+        self.node_encoder, self.encodings = node_encoders(node_features, width, encodings)
         self.edge_encoder = FeatureEncoder(edge_features, edge_channels) if edge_features else None
         edge_dim = edge_channels if edge_features else None
         self.blocks = nn.ModuleList(
@@ -124,14 +122,14 @@ class GraphTransformer(nn.Module):
         (:func:`~pyg_mup.models.encodings.encodings_of`).
         """
         if num_nodes is None:
-            num_nodes = x.size(0) if x is not None else int(batch.numel())
+            num_nodes = count_nodes(x, batch)
         if structures is None:
             structures = self.structure_spec(edge_index.device.type).build(
                 edge_index, num_nodes, batch
             )
-        h = self.node_encoder(x, num_nodes)
-        if self.encodings is not None:
-            h = h + self.encodings(encodings or {}, edge_index, num_nodes, batch)
+        h = encode_nodes(
+            self.node_encoder, self.encodings, x, encodings, edge_index, num_nodes, batch
+        )
         e = self.edge_encoder(edge_attr, edge_index.size(1)) if self.edge_encoder else None
         for block in self.blocks:
             h = block(h, structures, e)
