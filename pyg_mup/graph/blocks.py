@@ -25,6 +25,15 @@ FlexAttention's time hardly grows with the share of its tiles that hold edges, m
 passing's grows with the edges, and they cross between 1/128 and 1/64 in bf16 and near 1/16 in
 float32. Local structures on CUDA build their block mask from the lowest of these."""
 
+DENSE_MIN_BLOCK_DENSITY = 1 / 8
+"""On the CPU, the blocked dense backend pays for local attention when at least this share of
+the ``B²`` entries of its blocks are attention pairs (``LocalStructure.block_density`` of a
+packed layout): it computes every entry of a block, message passing only the pairs. Measured
+with ``benchmarks/bench_dense_cpu.py`` (``results/dense_cpu_local.json``, the layer's forward
+and backward on each backend, float32, 2 threads): see that file's crossover per block size and
+mods. Local structures built for the CPU pack their nodes (``layout='auto'``) only when they
+reach it, and ``backend='auto'`` picks the dense backend from it."""
+
 
 def num_blocks(length: int, size: int) -> int:
     return max(1, -(-length // size))

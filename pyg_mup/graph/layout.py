@@ -6,8 +6,11 @@ attention scatters features into the layout and gathers results back):
 
 * ``'rcm'`` (local mode): reverse Cuthill–McKee order, which puts neighbours at nearby positions,
   so a large sparse graph in random node order touches few blocks instead of ~E of them.
-* ``'pack'`` (global mode): graphs that fit in one block never straddle a block boundary (padding
-  slots fill the rest), so each query block attends to one key block instead of two or three.
+* ``'pack'``: graphs that fit in one block never straddle a block boundary (padding slots fill
+  the rest), so each query block attends to one key block instead of two or three. Global mode
+  packs the batch's graphs; local mode packs :func:`edge_segments` (node ranges no edge crosses,
+  at most as large as the graphs), which makes its attention block-diagonal for the dense
+  backend.
 """
 
 from __future__ import annotations
@@ -99,6 +102,24 @@ def pack_layout(graph_sizes: Sequence[int], block_size: int, device: torch.devic
     shift = np.repeat(np.asarray(starts, dtype=np.int64) - first_node, graph_sizes)
     node_slot = torch.from_numpy(np.arange(shift.size, dtype=np.int64) + shift)
     return slot_layout(node_slot.to(device), seq_len)
+
+
+def edge_segments(edge_index: Tensor, num_nodes: int) -> list[int]:
+    """Sizes of the shortest consecutive node ranges that no edge crosses, in node order.
+
+    The graphs of a PyG batch are consecutive ranges without edges between them, so each graph
+    is one segment or several (an isolated node, a part with no edge to the rest): packing the
+    segments keeps every edge inside one block without needing ``batch``. A node ``i`` ends a
+    segment when no edge joins a node ``≤ i`` to one ``> i``: the running maximum, over nodes
+    ``≤ i``, of the farthest node each one's edges reach is ``i`` itself. O(N + E), on the host.
+    """
+    if num_nodes == 0:
+        return []
+    src, dst = edge_index.cpu().long()
+    node = torch.arange(num_nodes)
+    reach = node.scatter_reduce(0, torch.minimum(src, dst), torch.maximum(src, dst), "amax")
+    ends = (reach.cummax(0).values == node).nonzero().squeeze(1)
+    return torch.diff(ends, prepend=ends.new_full((1,), -1)).tolist()
 
 
 MIN_DENSE_BLOCK = 16

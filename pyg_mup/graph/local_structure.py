@@ -8,15 +8,37 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask
 
-from .blocks import FLEX_MIN_BLOCK_DENSITY, BlockList, block_mask, local_blocks
+from .blocks import (
+    DENSE_MIN_BLOCK_DENSITY,
+    FLEX_MIN_BLOCK_DENSITY,
+    BlockList,
+    block_mask,
+    local_blocks,
+    num_blocks,
+)
 from .checks import (
     check_edge_distance,
     check_edge_index,
     check_positive_int,
     split_num_nodes,
 )
-from .layout import LAYOUTS, Layout, identity_layout, rcm_layout
-from .lookup import HashLookup, TileLookup, build_pair_lookup, lookup_kind
+from .layout import (
+    LAYOUTS,
+    MAX_DENSE_BLOCK,
+    Layout,
+    edge_segments,
+    identity_layout,
+    pack_layout,
+    packed_block_size,
+    rcm_layout,
+)
+from .lookup import (
+    BlockDiagonalLookup,
+    HashLookup,
+    TileLookup,
+    build_pair_lookup,
+    lookup_kind,
+)
 from .pairs import EdgePairs, unique_pairs
 from .signatures import IndexFn, MaskMod
 from .structure import GraphStructure
@@ -34,6 +56,9 @@ class LocalStructure(GraphStructure):
       FlexAttention's tiles and a gather per edge.
     * ``lookup``: tiles or hash answering ``(q, kv) -> pair id + 1`` inside FlexAttention mods
       (:mod:`pyg_mup.graph.lookup`), built with the block mask, else ``None``; ``lookup_kind``.
+    * ``dense_lookup``: with a packed layout whose pairs all lie in diagonal blocks, the
+      :class:`~pyg_mup.graph.lookup.BlockDiagonalLookup` the dense backend's mods read (the
+      per-block adjacency), else ``None``; :attr:`fits_dense_blocks` says which.
     * ``pair_distance``: ``[P]`` distance of each edge pair (with ``max_distance``).
     """
 
@@ -51,6 +76,7 @@ class LocalStructure(GraphStructure):
     block_density: float
     lookup_kind: str
     lookup: TileLookup | HashLookup | None = None
+    dense_lookup: BlockDiagonalLookup | None = None
     block_mask: BlockMask | None = None
     max_distance: int | None = None
     pair_distance: Tensor | None = None
@@ -64,14 +90,21 @@ class LocalStructure(GraphStructure):
         num_nodes: int | tuple[int, int],
         max_distance: int | None = None,
         edge_distance: Tensor | None = None,
-        block_size: int = 128,
+        block_size: int | None = None,
         lookup: str = "auto",
-        layout: str | None = None,
+        layout: str | None = "auto",
         flex: bool | None = None,
         target: str = "cpu",
     ) -> LocalStructure:
-        """See :meth:`GraphStructure.build` (``mode='local'``)."""
-        check_positive_int(block_size, "block_size")
+        """See :meth:`GraphStructure.build` (``mode='local'``).
+
+        ``layout='auto'`` packs :func:`~pyg_mup.graph.layout.edge_segments` into blocks of
+        ``packed_block_size`` slots when the structure is for the CPU without FlexAttention and
+        the packed blocks are dense enough for the dense backend
+        (:data:`~pyg_mup.graph.blocks.DENSE_MIN_BLOCK_DENSITY`); else no layout. ``block_size``
+        ``None``: that packed size, or 128 (FlexAttention's tiles).
+        """
+        check_positive_int(block_size, "block_size", allow_none=True)
         check_positive_int(max_distance, "max_distance", allow_none=True)
         num_src, num_dst = split_num_nodes(num_nodes)
         check_edge_index(edge_index, num_src, num_dst)
@@ -79,27 +112,38 @@ class LocalStructure(GraphStructure):
             if max_distance is None:
                 raise ValueError("edge_distance needs max_distance (the distance embedding size)")
             check_edge_distance(edge_distance, edge_index.size(1))
-        if layout not in LAYOUTS or layout in ("auto", "pack"):
+        if layout not in LAYOUTS:
             raise ValueError(
-                f"layout must be None or 'rcm' in mode='local' ('pack' packs graphs in "
-                f"mode='global'), got {layout!r}"
+                f"layout must be None or 'rcm' in mode='local', or 'pack'/'auto' (edge-connected "
+                f"node ranges packed into blocks for the dense backend), got {layout!r}"
             )
         bipartite = isinstance(num_nodes, tuple)
-        if layout == "rcm" and bipartite:
-            raise ValueError("layout='rcm' reorders one node set; num_nodes is bipartite")
-        lookup_kind(lookup, 0, 0, block_size)  # validates the name
+        if layout in ("rcm", "pack") and bipartite:
+            raise ValueError(f"layout={layout!r} reorders one node set; num_nodes is bipartite")
+        lookup_kind(lookup, 0, 0, block_size or 128)  # validates the name
 
-        nodes = rcm_layout(edge_index, num_dst) if layout == "rcm" else identity_layout(num_dst)
         src, dst = edge_index[0].long(), edge_index[1].long()
-        if nodes.node_slot is not None:
+        nodes = identity_layout(num_dst)
+        if layout == "rcm":
+            nodes = rcm_layout(edge_index, num_dst)
             src, dst = nodes.node_slot[src], nodes.node_slot[dst]
         pairs = unique_pairs(src, dst, num_src)
+        seq_src = num_src if bipartite else nodes.seq_len
+        packed = None
+        if layout == "pack" or (
+            layout == "auto" and target == "cpu" and not flex and not bipartite
+        ):
+            packed = _packed(pairs, num_dst, block_size, forced=layout == "pack")
+        if packed is not None:
+            nodes, block_size, pairs = packed
+            seq_src = nodes.seq_len
+        block_size = block_size or 128
         blocks, block_key, tile_of_pair = local_blocks(
-            pairs.pair_index, num_dst, num_src, block_size
+            pairs.pair_index, nodes.seq_len, seq_src, block_size
         )
-        num_blocks = blocks.q.numel()
-        density = pairs.num_pairs / max(num_blocks * block_size**2, 1)
-        kind = lookup_kind(lookup, pairs.num_pairs, num_blocks, block_size)
+        num_tiles = blocks.q.numel()
+        density = pairs.num_pairs / max(num_tiles * block_size**2, 1)
+        kind = lookup_kind(lookup, pairs.num_pairs, num_tiles, block_size)
         if flex is None:
             flex = target == "cuda" and density >= min(FLEX_MIN_BLOCK_DENSITY.values())
 
@@ -121,32 +165,47 @@ class LocalStructure(GraphStructure):
         )
         if max_distance is not None:
             structure.pair_distance = _edge_pair_distance(pairs, edge_distance, max_distance)
+        if packed is not None and bool((blocks.q == blocks.kv).all()):
+            padded = num_blocks(nodes.seq_len, block_size) * block_size
+            structure.dense_lookup = BlockDiagonalLookup(pairs.pair_index, padded, block_size)
         if flex:
             structure.lookup = build_pair_lookup(
                 pairs.pair_index,
-                num_src,
+                seq_src,  # the pair keys' multiplier: larger than every source slot
                 block_key,
                 tile_of_pair,
-                num_blocks,
-                *(-(-max(n, 1) // block_size) for n in (num_dst, num_src)),
+                num_tiles,
+                num_blocks(nodes.seq_len, block_size),
+                num_blocks(seq_src, block_size),
                 block_size,
                 kind,
             )
         structure.pair_row = structure._pair_row_for("flex")
         if flex:
             structure.block_mask = block_mask(
-                blocks, num_dst, num_src, block_size, structure.mask_mod()
+                blocks, structure.seq_dst, structure.seq_src, block_size, structure.mask_mod()
             )
         return structure
+
+    @property
+    def fits_dense_blocks(self) -> bool:
+        """Whether every pair lies inside one block of a packed layout: then attention is
+        block-diagonal, as the dense backend needs."""
+        return self.dense_lookup is not None
 
     # ---------------------------------------------------------------------------- mods
     def _pair_row_for(self, backend: str) -> IndexFn:
         """Message passing calls mods with its own pairs, in order: row ``p + 1`` is pair ``p``
-        with no look-up. Other indices go through the look-up; entries that are no pair read
-        one of ``SINK_ROWS`` zero rows, spread by position (see :mod:`pyg_mup.graph.tables`)."""
+        with no look-up. The dense backend's grids read the block-diagonal look-up, where an
+        entry that is no pair reads the zero row 0 (the dense backend masks it; its gradient
+        there is zero). Other indices go through the FlexAttention look-up; entries that are no
+        pair read one of ``SINK_ROWS`` zero rows, spread by position (see
+        :mod:`pyg_mup.graph.tables`)."""
         own_q, own_kv = self.message_passing_indices
         own_rows = torch.arange(1, own_q.size(0) + 1, device=own_q.device).unsqueeze(1)
         lookup, sink = self.lookup, self.num_pairs + 1
+        if backend == "dense" and self.dense_lookup is not None:
+            return self.dense_lookup.fn()
 
         def pair_row(q: Tensor, kv: Tensor) -> Tensor:
             if backend == "message_passing" and q is own_q and kv is own_kv:
@@ -163,13 +222,15 @@ class LocalStructure(GraphStructure):
         return pair_row
 
     def mask_mod(self) -> MaskMod:
-        """An edge ``kv → q``: a look-up hit."""
-        if self.lookup is None:
+        """An edge ``kv → q``: a look-up hit (the block-diagonal look-up of a structure built
+        without FlexAttention's, for the dense backend)."""
+        lookup = self.lookup if self.lookup is not None else self.dense_lookup
+        if lookup is None:
             raise ValueError(
                 "this local structure was built without a block mask (flex=False): build it "
                 "with GraphStructure.build(..., flex=True) for FlexAttention"
             )
-        find = self.lookup.fn()
+        find = lookup.fn()
 
         def edge_mask(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return find(q, kv) > 0
@@ -203,6 +264,29 @@ class LocalStructure(GraphStructure):
         if self.pair_distance is None:
             raise ValueError("this structure was built without max_distance")
         return self.pair_distance
+
+
+def _packed(
+    pairs: EdgePairs, num_nodes: int, block_size: int | None, forced: bool
+) -> tuple[Layout, int, EdgePairs] | None:
+    """The pack layout of the edge segments, its block size and the pairs in its slots; unless
+    ``forced``, ``None`` when a segment would span blocks or the blocks would be sparser than
+    :data:`~pyg_mup.graph.blocks.DENSE_MIN_BLOCK_DENSITY` (then message passing runs, and
+    slots would only cost copies)."""
+    segments = edge_segments(pairs.pair_index, num_nodes)
+    largest = max(segments, default=0)
+    size = block_size or packed_block_size(largest)
+    if not forced and (largest > min(size, MAX_DENSE_BLOCK) or pairs.num_pairs == 0):
+        return None
+    nodes = pack_layout(segments, size, pairs.pair_index.device)
+    # the layout keeps node order, so the pairs stay sorted by (dst, src)
+    slots = nodes.node_slot[pairs.pair_index]
+    if not forced:
+        used_blocks = torch.unique(slots[1] // size).numel()
+        if pairs.num_pairs / (used_blocks * size**2) < DENSE_MIN_BLOCK_DENSITY:
+            return None
+    moved = EdgePairs(slots, pairs.edge_pair, pairs.multiplicity, pairs.has_parallel_edges)
+    return nodes, size, moved
 
 
 def _edge_pair_distance(

@@ -11,6 +11,8 @@ overflows int32 indexing past ~46k nodes). Two layouts, both returning ``pair id
   ``num_tiles × B²``, which explodes for randomly ordered large graphs.
 * :class:`HashLookup` — a cuckoo hash of the pair keys ``q * num_src + kv`` with three hash
   functions: six gathers, memory O(P) whatever the node order.
+* :class:`BlockDiagonalLookup` — for a packed layout whose pairs all lie inside diagonal
+  blocks, what the dense backend asks: one gather per look-up, memory ``S × B``.
 
 :func:`lookup_kind` picks tiles when they cost at most ``TILE_BUDGET_PER_PAIR`` entries per
 pair, else the hash.
@@ -127,6 +129,36 @@ class HashLookup:
         moved = object.__new__(HashLookup)
         moved.num_src, moved.bits = self.num_src, self.bits
         moved.keys, moved.slots = fn(self.keys), fn(self.slots)
+        return moved
+
+
+class BlockDiagonalLookup:
+    """Pair ids of a block-diagonal layout, every pair ``(kv, q)`` inside one block of ``B``
+    slots: ``rows`` ``[S_pad * B]`` int64 holding ``pair id + 1`` at ``q * B + kv % B`` (0: no
+    pair), so that the dense backend's ``[nb, 1, B, B]`` index grids read it with one gather.
+    Answers only indices with ``kv`` in ``q``'s block (the only ones the dense backend forms).
+
+    int64 because its entries index tables of learned values, and the dense grids index it."""
+
+    kind = "block_diagonal"
+
+    def __init__(self, pair_index: Tensor, padded_slots: int, size: int):
+        src, dst = pair_index
+        self.block_size = size
+        self.rows = torch.zeros(padded_slots * size, dtype=torch.long, device=src.device)
+        self.rows[dst * size + src % size] = torch.arange(1, src.numel() + 1, device=src.device)
+
+    def fn(self) -> PairLookupFn:
+        rows, size = self.rows, self.block_size
+
+        def lookup(q: Tensor, kv: Tensor) -> Tensor:
+            return rows[q * size + kv % size]
+
+        return lookup
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> BlockDiagonalLookup:
+        moved = object.__new__(BlockDiagonalLookup)
+        moved.block_size, moved.rows = self.block_size, fn(self.rows)
         return moved
 
 

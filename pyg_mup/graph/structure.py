@@ -103,14 +103,15 @@ class GraphStructure:
                 graph; local mode: 0 for self-loops, 1 for other edges.
             edge_distance: ``[E]`` caller distances overriding those of the edge pairs (the
                 minimum over parallel edges).
-            block_size: FlexAttention / dense block size (default 128; in global mode on the
-                CPU, the smallest power of two ≥ 16 holding the largest graph, for the dense
-                backend).
+            block_size: FlexAttention / dense block size (default 128; on the CPU, for a
+                packed layout, the smallest power of two ≥ 16 holding the largest graph, for
+                the dense backend).
             lookup: local pair look-up, ``'tiles'``, ``'hash'`` or ``'auto'``
                 (:mod:`pyg_mup.graph.lookup`).
-            layout: ``'auto'`` (``'pack'`` in global mode, none in local), ``None``, ``'rcm'``
-                (local: reverse Cuthill–McKee for large graphs in random order) or ``'pack'``
-                (global: no graph straddles a block); :mod:`pyg_mup.graph.layout`.
+            layout: ``'auto'`` (``'pack'`` in global mode; in local mode ``'pack'`` on the
+                CPU when its blocks are dense enough for the dense backend, else none),
+                ``None``, ``'rcm'`` (local: reverse Cuthill–McKee for large graphs in random
+                order) or ``'pack'`` (no graph straddles a block); :mod:`pyg_mup.graph.layout`.
             ptr: ``[G + 1]`` node offsets of the graphs (PyG's ``Batch.ptr``), read on the host:
                 in place of ``batch`` or beside it, it saves a device read of the graph sizes.
             hop_distance: ``[Σ n_g²]`` precomputed distances (the batch's
@@ -133,9 +134,9 @@ class GraphStructure:
                 num_nodes,
                 max_distance=max_distance,
                 edge_distance=edge_distance,
-                block_size=128 if block_size is None else block_size,
+                block_size=block_size,
                 lookup=lookup,
-                layout=None if layout == "auto" else layout,
+                layout=layout,
                 flex=flex,
                 target=target,
             )

@@ -6,7 +6,8 @@ Every backend takes projections in slot order (``[S, H, d]``), a structure bound
 * ``'flex'``: FlexAttention over the structure's ``BlockMask`` (compiled on CUDA; eager and
   forward-only on the CPU, where torch has no FlexAttention backward).
 * ``'dense'``: the blocked dense backend (:mod:`pyg_mup.nn.dense`): graphs packed into small
-  blocks, one batched matmul per block, plain autograd ops — global attention on the CPU.
+  blocks, one batched matmul per block, plain autograd ops — global attention on the CPU, and
+  local attention whose packed blocks are dense enough.
 * ``'message_passing'``: scores per attended pair, PyG's softmax, a scatter of the values (run by
   the layer's ``propagate``) — sparse local attention, attention weights, dropout anywhere.
 """
@@ -22,7 +23,7 @@ from torch.nn.attention.flex_attention import and_masks, flex_attention
 from torch_geometric.utils import softmax
 
 from pyg_mup.graph import GraphStructure
-from pyg_mup.graph.blocks import FLEX_MIN_BLOCK_DENSITY, block_mask
+from pyg_mup.graph.blocks import DENSE_MIN_BLOCK_DENSITY, FLEX_MIN_BLOCK_DENSITY, block_mask
 from pyg_mup.graph.signatures import MaskMod, ScoreMod
 
 from .dense import dense_block_attention
@@ -47,8 +48,11 @@ def resolve_backend(
     Attention weights and attention dropout need message passing (or dense). On CUDA:
     FlexAttention where the structure has a block mask dense enough for the compute dtype
     (:data:`~pyg_mup.graph.blocks.FLEX_MIN_BLOCK_DENSITY`) and heads of at least
-    :data:`FLEX_MIN_HEAD_CHANNELS`; on the CPU: the dense backend for structures whose graphs
-    each fit one block; message passing otherwise.
+    :data:`FLEX_MIN_HEAD_CHANNELS`; on the CPU: the dense backend for structures whose pairs
+    lie inside the blocks of a packed layout (``fits_dense_blocks``: every graph of a global
+    structure fits one block) that are dense enough
+    (:data:`~pyg_mup.graph.blocks.DENSE_MIN_BLOCK_DENSITY`; global blocks count as full);
+    message passing otherwise.
     """
     if backend != "auto":
         return backend
@@ -62,7 +66,10 @@ def resolve_backend(
             return "message_passing"
         threshold = FLEX_MIN_BLOCK_DENSITY.get(query.dtype, FLEX_MIN_BLOCK_DENSITY[torch.float32])
         return "flex" if structure.block_density >= threshold else "message_passing"
-    if getattr(structure, "fits_dense_blocks", False):
+    if (
+        getattr(structure, "fits_dense_blocks", False)
+        and structure.block_density >= DENSE_MIN_BLOCK_DENSITY
+    ):
         return "dense"
     return "message_passing"
 
@@ -145,15 +152,21 @@ def dense(
     dropout: float,
     training: bool,
 ) -> Tensor:
-    """The blocked dense backend: ``[S_dst, H, d]``, for graphs that each fit one block."""
+    """The blocked dense backend: ``[S_dst, H, d]``, for structures whose pairs lie inside
+    the blocks of a packed layout."""
     if not getattr(structure, "fits_dense_blocks", False):
         raise ValueError(
-            "backend='dense' needs a global structure whose graphs each fit one block "
-            "(layout='pack', every graph at most block_size nodes)"
+            "backend='dense' needs a structure whose graphs each fit one block: build it with "
+            "layout='pack' (every graph, or in local mode every edge-connected node range, at "
+            "most block_size nodes)"
         )
-    mask = structure.mask_mod() if mask_mod is None else and_masks(structure.mask_mod(), mask_mod)
     padded = -(-structure.seq_dst // structure.block_size) * structure.block_size
     extra = padded - query.size(0)
+    if extra:
+        # the layer's mods may read per-slot data of seq_dst rows (``to_slots``): padding slots
+        # read the last row instead, and the structure's mask, on the true slots, drops them
+        score_mod, mask_mod = _within_slots(score_mod, mask_mod, structure.seq_dst - 1)
+    mask = structure.mask_mod() if mask_mod is None else and_masks(structure.mask_mod(), mask_mod)
 
     def pad(t: Tensor) -> Tensor:
         return torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) if extra else t
@@ -170,6 +183,24 @@ def dense(
         training=training,
     )
     return out[: query.size(0)]
+
+
+def _within_slots(
+    score_mod: ScoreMod | None, mask_mod: MaskMod | None, last: int
+) -> tuple[ScoreMod | None, MaskMod | None]:
+    """``score_mod`` and ``mask_mod`` called with slot indices capped at ``last``."""
+    clamped_score = clamped_mask = None
+    if score_mod is not None:
+
+        def clamped_score(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            return score_mod(score, b, h, q.clamp(max=last), kv.clamp(max=last))
+
+    if mask_mod is not None:
+
+        def clamped_mask(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            return mask_mod(b, h, q.clamp(max=last), kv.clamp(max=last))
+
+    return clamped_score, clamped_mask
 
 
 def message_passing_weights(
