@@ -4,6 +4,11 @@ A checkpoint is one ``torch.save`` file written to a temporary name in the same 
 flushed to disk and renamed over the old one (``os.replace`` is atomic on POSIX), so a crash or
 Ctrl-C mid-write leaves the previous checkpoint intact. It holds only tensors and plain Python
 values: it loads with ``torch.load(weights_only=True)``.
+
+A run writes two (:func:`save_run`, :func:`save_best`): ``kind='train'``, everything
+``--resume`` needs (settings, :class:`~.progress.Progress`, model, optimizer and scheduler
+states, every rank's RNG states), which :func:`restore_run` puts back; and ``kind='best'``, the
+settings and weights at the best validation metric.
 """
 
 from __future__ import annotations
@@ -11,10 +16,21 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from .distributed import Dist, barrier, gather_objects
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 FORMAT = "pyg_mup.train/1"
 
@@ -86,3 +102,75 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def save_run(
+    path: Path,
+    dist: Dist,
+    config: TrainConfig,
+    progress: Progress,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+) -> None:
+    """Write the ``--resume`` checkpoint on the main rank; every rank hands in its RNG state and
+    waits until it is written (call it on every rank)."""
+    rng = gather_objects(rng_state())
+    if dist.is_main:
+        save(
+            path,
+            {
+                "kind": "train",
+                "config": config.to_dict(),
+                "progress": asdict(progress),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+            },
+        )
+    barrier()
+
+
+def save_best(path: Path, dist: Dist, config: TrainConfig, epoch: int, model: nn.Module) -> None:
+    """Write the best weights so far (after ``epoch`` epochs) and their settings, on the main
+    rank."""
+    if dist.is_main:
+        save(
+            path,
+            {
+                "kind": "best",
+                "config": config.to_dict(),
+                "epoch": epoch,
+                "model": model.state_dict(),
+            },
+        )
+
+
+def restore_run(
+    state: dict[str, Any],
+    dist: Dist,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+) -> Progress:
+    """Load a :func:`save_run` checkpoint's states into the run; return its progress.
+
+    This rank's RNG state is restored when the run has as many processes as the one that saved
+    it; with another count the data order is still the same (it comes from the seed and epoch),
+    so the run continues, with a warning that dropout noise will differ.
+    """
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    progress = Progress(**state["progress"])
+    rng = state["rng"]
+    if len(rng) == dist.world_size:
+        set_rng_state(rng[dist.rank])
+    elif dist.is_main:
+        warnings.warn(
+            f"resuming a {len(rng)}-process run with {dist.world_size} processes: "
+            "data order is unchanged but dropout noise will differ",
+            stacklevel=2,
+        )
+    return progress

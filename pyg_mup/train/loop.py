@@ -1,4 +1,4 @@
-"""The training run: epochs of steps, evaluation with ``ogb``'s Evaluator, checkpoints, resume.
+"""The training loop: epochs of steps, evaluation with ``ogb``'s Evaluator, stops, divergence.
 
 Determinism is a contract here: on CPU with one seed, ``--epochs 2`` and ``--epochs 1`` then
 ``--epochs 2 --resume`` give the same metrics, even when the first run was stopped mid-epoch,
@@ -6,15 +6,16 @@ because the epoch order comes from ``(seed, epoch)`` (:mod:`.workload`), the LR 
 the step count, and the checkpoint carries optimizer, scheduler, RNG states and the epoch's
 partial sums. Data-parallel runs normalise each step's loss by the labelled entries of the
 *global* batch, so K processes take the single-process step.
+
+What the run prints and records is :mod:`.report`'s; its checkpoints are :mod:`.checkpoint`'s
+and its output folder, fresh or resumed, is :mod:`.rundir`'s.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -25,35 +26,15 @@ from tqdm import tqdm
 from pyg_mup.data import load_dataset, make_evaluator
 
 from . import checkpoint
-from .config import FULL_GRAPH_MAX_EDGES, ConfigError, TrainConfig, resumed_config
-from .distributed import Dist, all_reduce_sum, any_rank, barrier, gather_objects, setup, teardown
-from .factory import (
-    count_parameters,
-    dataset_transform,
-    make_model,
-    make_optimizer,
-    make_scheduler,
-)
+from .config import FULL_GRAPH_MAX_EDGES, ConfigError, TrainConfig
+from .distributed import Dist, all_reduce_sum, any_rank, barrier, setup, teardown
+from .factory import dataset_transform, make_model, make_optimizer, make_scheduler
 from .objective import Objective
+from .progress import Progress
+from .report import Report
 from .rundir import RunDir
 from .stopping import StopRequest
 from .workload import GraphWorkload, NodeWorkload
-
-
-@dataclass
-class Progress:
-    """Where the run is: ``epoch`` epochs done, ``step`` steps into the next one."""
-
-    epoch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    loss_count: float = 0.0
-    epoch_seconds: float = 0.0
-    seconds: float = 0.0
-    best: dict[str, Any] = field(
-        default_factory=lambda: {"epoch": None, "valid": None, "test": None}
-    )
-    last: dict[str, Any] = field(default_factory=lambda: {"valid": None, "test": None})
 
 
 def train(config: TrainConfig, explicit: set[str] | None = None) -> dict[str, Any]:
@@ -103,21 +84,7 @@ class _Run:
     ) -> None:
         self.dist, self.device = dist, device
         self.files = RunDir(config.out_dir)
-        self.progress = Progress()
-        state = None
-        if config.resume:
-            self.files.check_resumable()
-            state = checkpoint.load(self.files.checkpoint)
-            explicit = config.explicit_fields() if explicit is None else explicit
-            config = resumed_config(state["config"], config, explicit)
-            config.validate()
-            if state["progress"]["epoch"] > config.epochs:
-                raise ConfigError(
-                    f"--epochs {config.epochs} is fewer than the {state['progress']['epoch']} "
-                    "epochs this run has already trained"
-                )
-        else:
-            self.files.check_fresh(config.overwrite)
+        config, state = self.files.open_run(config, explicit)
         self.config = config
 
         self.data = self._load_data()
@@ -134,8 +101,11 @@ class _Run:
         total_steps = config.epochs * self.workload.steps_per_epoch()
         self.scheduler = make_scheduler(config, self.optimizer, total_steps)
         checkpoint.seed_everything(config.seed + dist.rank)
-        if state is not None:
-            self._restore(state)
+        self.progress = (
+            Progress()
+            if state is None
+            else checkpoint.restore_run(state, dist, self.model, self.optimizer, self.scheduler)
+        )
         self.ddp = (
             DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
@@ -144,10 +114,8 @@ class _Run:
             else self.model
         )
         if dist.is_main:
-            if state is None:
-                self.files.start_fresh()
-            else:
-                self.files.trim_metrics(self.progress.epoch)
+            self.files.begin(None if state is None else self.progress.epoch)
+        self.report = Report(config, self.task, self.workload, self.model, dist, device, self.files)
 
     # ------------------------------------------------------------------------------ set-up
     def _load_data(self):
@@ -179,39 +147,24 @@ class _Run:
             mode = "full" if self.data.dataset[0].num_edges <= FULL_GRAPH_MAX_EDGES else "sampled"
         return NodeWorkload(mode=mode, num_neighbors=c.num_neighbors, **common)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = Progress(**state["progress"])
-        rng = state["rng"]
-        if len(rng) == self.dist.world_size:
-            checkpoint.set_rng_state(rng[self.dist.rank])
-        elif self.dist.is_main:
-            warnings.warn(
-                f"resuming a {len(rng)}-process run with {self.dist.world_size} processes: "
-                "data order is unchanged but dropout noise will differ",
-                stacklevel=2,
-            )
-
     # ------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         c, p = self.config, self.progress
-        self._log(self._banner())
+        self.report.log(self.report.banner())
         if p.epoch >= c.epochs:
-            self._log(f"{self.files.path}: already trained {p.epoch}/{c.epochs} epochs")
-            return self._finish("complete")
+            self.report.already_trained(p)
+            return self.report.finish(p, "complete")
         with StopRequest(c.max_minutes) as stop:
             try:
                 while p.epoch < c.epochs:
                     if not self._train_epoch(stop):
                         self._save()
-                        return self._finish(stop.reason, signum=stop.signum)
+                        return self.report.finish(p, stop.reason, signum=stop.signum)
                     self._end_epoch()
             except Diverged as error:
                 # No checkpoint now: the last one (end of the last good epoch) stays as it was.
-                return self._finish("diverged", message=str(error))
-        return self._finish("complete")
+                return self.report.finish(p, "diverged", message=str(error))
+        return self.report.finish(p, "complete")
 
     def _train_epoch(self, stop: StopRequest) -> bool:
         """Train the current epoch from ``progress.step``; ``False`` if stopped on the way."""
@@ -225,7 +178,7 @@ class _Run:
             unit="step",
             leave=False,
             dynamic_ncols=True,
-            disable=not self.dist.is_main or not self._show_progress(),
+            disable=not self.report.show_progress_bar(),
         )
         started = time.perf_counter()
         items = 0
@@ -323,27 +276,10 @@ class _Run:
             p.last = dict(metrics)
         if self._improves(metrics["valid"]):
             p.best = {"epoch": p.epoch, "valid": metrics["valid"], "test": metrics["test"]}
-            self._save_best()
-        record = {
-            "epoch": p.epoch,
-            "train_loss": train_loss,
-            "valid": metrics["valid"],
-            "test": metrics["test"],
-            "metric": self.task.metric,
-            "lr": self.optimizer.param_groups[0]["lr"] / self.scheduler.base_lrs[0] * c.lr,
-            "seconds": round(seconds, 3),
-        }
+            checkpoint.save_best(self.files.best, self.dist, c, p.epoch, self.model)
+        lr = self.optimizer.param_groups[0]["lr"] / self.scheduler.base_lrs[0] * c.lr
         self._save()
-        if self.dist.is_main:
-            self.files.append_metrics(record)
-            self.files.write_summary(self._summary("running"))
-        m = self.task.metric
-        best = p.best
-        self._log(
-            f"epoch {p.epoch:>3}/{c.epochs} | train loss {train_loss:.4f} | valid {m} "
-            f"{_fmt(metrics['valid'])} | test {m} {_fmt(metrics['test'])} | best valid "
-            f"{_fmt(best['valid'])} @ {best['epoch']} | {seconds:.1f}s"
-        )
+        self.report.epoch(p, train_loss, metrics, lr, seconds)
 
     def _improves(self, valid: float | None) -> bool:
         best = self.progress.best["valid"]
@@ -353,116 +289,14 @@ class _Run:
             return True
         return valid > best if self.task.higher_is_better else valid < best
 
-    # ------------------------------------------------------------------------- persistence
     def _save(self) -> None:
-        """Checkpoint on the main rank (every rank hands in its RNG state)."""
-        rng = gather_objects(checkpoint.rng_state())
-        if self.dist.is_main:
-            checkpoint.save(
-                self.files.checkpoint,
-                {
-                    "kind": "train",
-                    "config": self.config.to_dict(),
-                    "progress": asdict(self.progress),
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": rng,
-                },
-            )
-        barrier()
-
-    def _save_best(self) -> None:
-        if self.dist.is_main:
-            checkpoint.save(
-                self.files.best,
-                {
-                    "kind": "best",
-                    "config": self.config.to_dict(),
-                    "epoch": self.progress.epoch,
-                    "model": self.model.state_dict(),
-                },
-            )
-
-    def _summary(self, status: str) -> dict[str, Any]:
-        c, p = self.config, self.progress
-        return {
-            "dataset": c.dataset,
-            "metric": self.task.metric,
-            "higher_is_better": self.task.higher_is_better,
-            "best_epoch": p.best["epoch"],
-            "best_valid": p.best["valid"],
-            "test_at_best_valid": p.best["test"],
-            "final_valid": p.last["valid"],
-            "final_test": p.last["test"],
-            "epochs": c.epochs,
-            "epochs_completed": p.epoch,
-            "status": status,
-            "num_params": count_parameters(self.model),
-            "mup": c.mup,
-            "width": c.width,
-            "base_width": c.base_width if c.mup else None,
-            "layers": c.layers,
-            "heads": c.heads,
-            "attention": c.attention if self.task.level == "graph" else "local",
-            "lr": c.lr,
-            "depth_parametrization": c.depth_parametrization,
-            "base_layers": c.base_layers,
-            "zero_query": c.zero_query,
-            "batch_size": c.batch_size,
-            "train_samples": self.workload.num_train,
-            "steps_per_epoch": self.workload.steps_per_epoch(),
-            "seed": c.seed,
-            "world_size": self.dist.world_size,
-            "device": str(self.device),
-            "seconds": round(p.seconds, 3),
-            "out": str(self.files.path),
-        }
-
-    def _finish(
-        self, status: str, signum: int | None = None, message: str | None = None
-    ) -> dict[str, Any]:
-        summary = self._summary(status)
-        summary["signal"] = signum
-        summary["message"] = message
-        if self.dist.is_main:
-            self.files.write_summary(summary)
-        p, m = self.progress, self.task.metric
-        if status == "diverged":
-            pass  # the caller reports it (the CLI in one line on stderr)
-        elif status == "complete":
-            self._log(
-                f"test {m} {_fmt(p.best['test'])} at best valid {m} {_fmt(p.best['valid'])} "
-                f"(epoch {p.best['epoch']}); outputs in {self.files.path}"
-            )
-        else:
-            self._log(
-                f"{status} at epoch {p.epoch + 1}, step {p.step}; checkpoint saved: continue "
-                f"with --resume --out {self.files.path}"
-            )
-        return summary
-
-    # ------------------------------------------------------------------------------ output
-    def _show_progress(self) -> bool:
-        if self.config.progress is not None:
-            return self.config.progress
-        return sys.stderr.isatty()
-
-    def _log(self, message: str) -> None:
-        if self.dist.is_main:
-            print(message, flush=True)
-
-    def _banner(self) -> str:
-        c = self.config
-        mode = f"μP (base width {c.base_width})" if c.mup else "SP"
-        where = f"{self.device}" + (f" × {self.dist.world_size}" if self.dist.enabled else "")
-        return (
-            f"{c.dataset} ({self.workload.describe()}; {self.task.task_type}, "
-            f"{self.task.metric}) | width {c.width}, {c.layers} layers, {c.heads} heads, "
-            f"{c.attention} attention, {mode} | {count_parameters(self.model):,} params | "
-            f"{where}"
+        """The ``--resume`` checkpoint of where the run is (on every rank; the main one writes)."""
+        checkpoint.save_run(
+            self.files.checkpoint,
+            self.dist,
+            self.config,
+            self.progress,
+            self.model,
+            self.optimizer,
+            self.scheduler,
         )
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import checkpoint
 from .checkpoint import atomic_write
+from .config import ConfigError, TrainConfig, resumed_config
 
 
 class RunDirError(RuntimeError):
@@ -52,6 +54,38 @@ class RunDir:
     def check_resumable(self) -> None:
         if not self.checkpoint.is_file():
             raise RunDirError(f"--resume: no checkpoint at {self.checkpoint}")
+
+    def open_run(
+        self, config: TrainConfig, explicit: set[str] | None
+    ) -> tuple[TrainConfig, dict[str, Any] | None]:
+        """``(config, state)`` of the run this folder is to take, checked before anything in it
+        is written: a fresh run's ``config`` and ``None`` (refused over an old run without
+        ``overwrite``); on ``--resume``, the stored settings with ``config``'s ``explicit`` ones
+        applied (:func:`~.config.resumed_config`) and the checkpoint to continue from.
+        ``explicit`` ``None``: the settings that differ from the defaults."""
+        if not config.resume:
+            self.check_fresh(config.overwrite)
+            return config, None
+        self.check_resumable()
+        state = checkpoint.load(self.checkpoint)
+        explicit = config.explicit_fields() if explicit is None else explicit
+        config = resumed_config(state["config"], config, explicit)
+        config.validate()
+        if state["progress"]["epoch"] > config.epochs:
+            raise ConfigError(
+                f"--epochs {config.epochs} is fewer than the {state['progress']['epoch']} "
+                "epochs this run has already trained"
+            )
+        return config, state
+
+    def begin(self, epochs_done: int | None) -> None:
+        """Make the folder ready for this run's writes (main rank): a fresh run (``None``)
+        creates it and removes an old run's files; a resumed one, ``epochs_done`` epochs in,
+        drops the metric lines written after its checkpoint (:meth:`trim_metrics`)."""
+        if epochs_done is None:
+            self.start_fresh()
+        else:
+            self.trim_metrics(epochs_done)
 
     def start_fresh(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
