@@ -91,9 +91,13 @@ def count_ops(
     """Up to ``steps`` training steps under :class:`OpCounter`: per step, the dispatched ops
     and the data-dependent ones (each a host sync on CUDA when its tensor is on the device),
     overall, by phase of the step, inside the ``builds`` calls (our structure build), and by
-    op. Why: the H200 step is host-bound, and these counts, unlike times, are the same on CPU
-    and GPU (the fused AdamW keeps its step counters on the device: no host reads)."""
-    iterator, done, step_ops = iter(batches), 0, OpCounter()
+    op, plus the dynamo graphs compiled meanwhile. Why: the H200 step is host-bound, and these
+    counts, unlike times, are the same on CPU and GPU (the fused AdamW keeps its step counters
+    on the device: no host reads). Compiled FlexAttention runs compiled under the counter (its
+    fused kernels are no dispatched ops: the profile counts kernels) and eager FlexAttention as
+    one ``higher_order.flex_attention`` op plus its dense implementation's ops; the first
+    counted step compiles compiled code again, once, for the counter's function mode."""
+    iterator, done, step_ops, before = iter(batches), 0, OpCounter(), compiled_graphs()
     phases: defaultdict[str, OpCounter] = defaultdict(OpCounter)
     while done < steps and (batch := next(iterator, None)) is not None:
         # the builds counted inside the step only, not in a collate of the main process
@@ -103,7 +107,7 @@ def count_ops(
     per_step = lambda count: count / max(done, 1)  # noqa: E731
     dependent = lambda ops: per_step(sum(ops.data_dependent.values()))  # noqa: E731
     return dict(
-        steps=done, ops_per_step=per_step(step_ops.total),
+        steps=done, compiles=compiled_graphs() - before, ops_per_step=per_step(step_ops.total),
         data_dependent_per_step=dependent(step_ops),
         ops_per_step_by_phase={name: per_step(ops.total) for name, ops in phases.items()},
         data_dependent_per_step_by_phase={name: dependent(ops) for name, ops in phases.items()},

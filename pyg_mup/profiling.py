@@ -16,6 +16,13 @@ counted too, and composite ops appear as what they decompose into (``torch.argwh
 ``is_nonzero`` of a tensor as ``aten._local_scalar_dense``). Two host reads of CPU tensors bypass
 the dispatcher, ``Tensor.tolist`` and ``Tensor.numpy``; a ``TorchFunctionMode`` entered with the
 counter catches them.
+
+Higher-order operators (FlexAttention's forward and backward, eager) count as one op each
+(``'higher_order.flex_attention'``), and the ops of the implementation they run as ops of their
+own. ``torch.compile``'d code runs compiled under the counter, which sees what it dispatches at
+run time (extern kernels, the ops between graphs, syncs included) but not its fused kernels, nor
+the compiling; dynamo guards on the function mode, so code compiled before counting compiles
+once more under the counter.
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ from collections import Counter
 from typing import Any
 
 import torch
+from torch._C import DispatchKey
+from torch._ops import HigherOrderOperator, _compute_keyset
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
 aten = torch.ops.aten
 
@@ -107,6 +117,9 @@ class OpCounter(TorchDispatchMode):
             ``'Tensor.numpy'``. Empty for a sync-free region.
     """
 
+    # higher-order operators (FlexAttention's) come to __torch_dispatch__: see _higher_order
+    supports_higher_order_operators = True
+
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
@@ -122,11 +135,44 @@ class OpCounter(TorchDispatchMode):
         super().__exit__(*exc)
         self._function_mode.__exit__(*exc)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func)
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Let ``torch.compile`` compile and run its code while the counter is on (the counter
+        sees what compiled code dispatches at run time, not what compiling it does). With the
+        default, dynamo skips every frame under the mode and marks its code to be skipped for
+        good (pytorch/pytorch#190286): compiled FlexAttention stayed eager after a counted
+        step, and its next call failed tracing the dense implementation."""
+        return True
+
+    def _count(self, name: str) -> None:
         self.total += 1
         self.counts[name] += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if any(issubclass(t, FakeTensor) for t in types):
+            return func(*args, **kwargs)  # tracing (a HOP's mods through make_fx), not running
+        if isinstance(func, HigherOrderOperator):
+            return self._higher_order(func, args, kwargs)
+        name = str(func)
+        self._count(name)
         if is_data_dependent(func, args, kwargs):
             self.data_dependent[name] += 1
         return func(*args, **kwargs)
+
+    def _higher_order(self, func: HigherOrderOperator, args: tuple, kwargs: dict) -> Any:
+        """Count a higher-order operator as one op (``'higher_order.flex_attention'``), here and
+        in the counters entered before this one, then run the kernel it has below the mode
+        (FlexAttention's dense implementation) with this counter back on: its ops are counted
+        as ops of their own, data-dependent ones included."""
+        name = f"higher_order.{func.name()}"
+        below = _get_current_dispatch_mode_stack()  # this counter is off while it runs
+        for counter in (self, *(mode for mode in below if isinstance(mode, OpCounter))):
+            counter._count(name)
+        keys = _compute_keyset(args, kwargs, func.non_fallthrough_keys)
+        below_modes = keys & torch._C._dispatch_keyset_full_after(DispatchKey.Python)
+        TorchDispatchMode.__enter__(self)  # not self.__enter__: the function mode is still on
+        try:
+            return func.dispatch(below_modes.highestPriorityTypeId(), *args, **kwargs)
+        finally:
+            TorchDispatchMode.__exit__(self, None, None, None)

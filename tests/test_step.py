@@ -78,6 +78,24 @@ def test_training_step_has_no_data_dependent_ops(graphs, attention):
     assert not ops.data_dependent, dict(ops.data_dependent)
 
 
+@torch.no_grad()
+def test_global_forward_on_flex_attention_has_no_data_dependent_ops(graphs):
+    """The global model on FlexAttention (block masks built in the collate, as for CUDA; eager
+    and forward-only on the CPU): the counter goes through each layer's FlexAttention call
+    and finds no data-dependent op, and counting leaves the predictions unchanged. Dynamo's
+    state is reset first: once FlexAttention's compiled wrapper has seen another ``scale``
+    (other tests), dynamo makes the float an input tensor read with ``.item()`` in the graph."""
+    torch._dynamo.reset()
+    model = _model("global", backend="flex").eval()  # eval: no attention dropout
+    item = StructureCollater(model.structure_spec("cuda"))(graphs[8:16])
+    expected = _loss(model, item)
+    with OpCounter() as ops:
+        loss = _loss(model, item)
+    assert torch.equal(loss, expected)
+    assert ops.counts["higher_order.flex_attention"] == 2  # one per layer
+    assert not ops.data_dependent, dict(ops.data_dependent)
+
+
 @pytest.mark.slow
 def test_compiled_model_has_no_graph_break_and_trains_like_eager(graphs):
     """``torch.compile(fullgraph=True)`` of the model on the message-passing backend: no graph
