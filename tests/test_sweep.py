@@ -135,6 +135,9 @@ def test_smoke_sweep_via_the_cli_and_its_recipe_into_train(tmp_path, capsys):
     assert summary["lr"] == recipe["settings"]["lr"]
     assert summary["base_width"] == 16 and summary["base_layers"] == 1
     assert (summary["width"], summary["layers"], summary["heads"]) == (32, 2, 2)
+    # Resuming the finished run with the same recipe: its JSON lists equal the stored settings.
+    assert main([*args, "--max-samples", "64", "--out", str(run), "--resume"]) == 0
+    assert "already trained" in capsys.readouterr().out
     # A flag given on the command line wins over the recipe.
     args += ["--lr", "0.5", "--max-samples", "64", "--out", str(tmp_path / "run2")]
     assert main([*args, "--no-progress"]) == 0

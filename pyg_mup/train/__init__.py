@@ -3,7 +3,8 @@
 Modules, one job each: :mod:`.config` (settings), :mod:`.factory` (model, optimizer, schedule),
 :mod:`.objective` (losses and Evaluator inputs per task), :mod:`.workload` (batches, shards,
 evaluation), :mod:`.loop` (the run), :mod:`.checkpoint` (atomic files, RNG states),
-:mod:`.rundir` (the output folder), :mod:`.stopping` (signals, time budget),
+:mod:`.rundir` (the output folder), :mod:`.report` (console lines, metrics and summary),
+:mod:`.progress` (where the run is), :mod:`.stopping` (signals, time budget),
 :mod:`.distributed` (``torchrun`` process groups).
 
 Example::

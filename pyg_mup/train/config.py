@@ -308,6 +308,12 @@ class TrainConfig:
         ):
             raise ConfigError(f"--base-layers must be a positive integer, got {self.base_layers!r}")
 
+    def __post_init__(self) -> None:
+        # Sequences arrive as lists from JSON (a recipe, a stored run): one type, so that a
+        # resumed run compares equal to the settings it was started with.
+        for name in ("num_neighbors", "pe"):
+            setattr(self, name, tuple(getattr(self, name)))
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["num_neighbors"] = list(self.num_neighbors)
@@ -317,11 +323,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
-        for name in ("num_neighbors", "pe"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     def explicit_fields(self) -> set[str]:
         """Fields that differ from the defaults (what a Python caller set)."""
