@@ -19,9 +19,13 @@ gradient). Batches are drawn from graphs of at most ``cap`` nodes, so that small
 be compared on the graphs they fit.
 
 Local attention (pairs = edges): random graphs of ``B`` nodes (one per block) with a controlled
-share of filled entries per block, ``E / (num_blocks · B²)``; the dense backend reads the mask
-(and the bias row) through a per-block tile of pair ids, message passing runs over the edges. The
-crossover share is where the two medians cross (log-linear interpolation between grid points).
+share of filled entries per block, ``E / (num_blocks · B²)``; the local ``FlexGraphConv``
+(forward+backward, projections included, which cost both backends the same) on the dense backend
+over the packed structure (mask and bias rows from its block-diagonal pair look-up) and on message
+passing over the unpacked one; ``mask+bias`` adds the learned edge bias (``edge_dim=16``). The
+crossover share is where the two medians cross (log-linear interpolation between grid points):
+what ``graph.blocks.DENSE_MIN_BLOCK_DENSITY`` is read from (``--skip-global --out
+results/dense_cpu_local.json``).
 
 The machine's cores are shared, so every case is timed in interleaved rounds (each round runs
 every case of a workload once) and the median is kept. Writes ``results/dense_cpu.json`` and
@@ -54,9 +58,8 @@ from benchmarks.dense_cases import (  # noqa: E402
     global_dense,
     global_gps,
     global_message_passing,
-    local_dense,
     local_graph,
-    local_message_passing,
+    local_layer,
     molhiv_graphs,
     packed,
     projections,
@@ -68,8 +71,9 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 CAPS = (16, 32, 64, 128, None)
 BIAS_CAPS = (64, 128, None)  # the mask+bias variant on the molhiv-like batches only
 LARGER_BLOCKS = 2  # dense at the smallest block that fits and at most this many doublings
-DENSITIES = (1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
-LOCAL_BLOCKS = (32, 64, 128)
+DENSITIES = (1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+LOCAL_BLOCKS = (16, 32, 64, 128)
+LOCAL_EDGE_DIM = 16  # mods 'mask+bias': the layer's learned edge bias from 16 edge features
 
 
 # --------------------------------------------------------------------------------- timing
@@ -134,18 +138,15 @@ def run_global(graphs: tuple, args, generator: torch.Generator) -> list[dict]:
 def run_local(args, generator: torch.Generator) -> list[dict]:
     records = []
     for block in LOCAL_BLOCKS:
-        inputs = projections(LOCAL_NODES, generator)
         for mods in ("mask", "mask+bias"):
+            edge_dim = LOCAL_EDGE_DIM if mods == "mask+bias" else None
             cases, edges = {}, {}
             for density in DENSITIES:
                 src, dst = local_graph(block, density, generator)
-                bias = None
-                if mods == "mask+bias":
-                    bias = torch.randn(src.numel() + 1, HEADS, generator=generator)
-                    bias.requires_grad_()
                 edges[density] = src.numel()
-                cases[f"dense {density}"] = local_dense(block, src, dst, inputs, bias)
-                cases[f"mp {density}"] = local_message_passing(src, dst, inputs, bias)
+                for backend, name in (("dense", "dense"), ("message_passing", "mp")):
+                    step = local_layer(block, src, dst, backend, edge_dim, args.seed)
+                    cases[f"{name} {density}"] = step
             times = timed(cases, args)
             for density in DENSITIES:
                 dense, mp = times[f"dense {density}"], times[f"mp {density}"]
@@ -248,12 +249,14 @@ def local_share_table(records: list[dict]) -> str:
 
 
 def markdown(global_records: list[dict], local: list[dict], found: list[dict]) -> str:
-    parts = [
-        "Global attention, forward+backward median ms (dense: its ratio to mp)",
-        global_table(global_records),
-        "Share of the packed blocks' entries that molhiv's edges fill (local attention)",
-        local_share_table(global_records),
-    ]
+    parts = []
+    if global_records:
+        parts += [
+            "Global attention, forward+backward median ms (dense: its ratio to mp)",
+            global_table(global_records),
+            "Share of the packed blocks' entries that molhiv's edges fill (local attention)",
+            local_share_table(global_records),
+        ]
     if local:
         parts += [
             f"Local attention, {LOCAL_NODES} nodes, forward+backward median ms",
@@ -274,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--skip-global", action="store_true", help="local attention only")
+    parser.add_argument("--note", default="", help="free text stored in the JSON's environment")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dense_cpu.json")
     return parser.parse_args(argv)
 
@@ -283,14 +288,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
     load_before, began = os.getloadavg(), time.perf_counter()
-    global_records = run_global(molhiv_graphs(args.root), args, generator)
+    global_records = (
+        [] if args.skip_global else run_global(molhiv_graphs(args.root), args, generator)
+    )
     local = [] if args.skip_local else run_local(args, generator)
     cross = crossovers(local) + crossovers(local, "dense_vs_mp_min")
     env = common.environment(
         torch.device("cpu"), heads=HEADS, channels=CHANNELS, dtype="float32", rounds=args.rounds,
         min_rounds=args.min_rounds, case_budget_s=args.case_budget,
         load_average_before=load_before, load_average_after=os.getloadavg(),
-        wall_s=time.perf_counter() - began,
+        wall_s=time.perf_counter() - began, note=args.note,
     )  # fmt: skip
     common.write_json(args.out, dict(environment=env, global_attention=global_records,
                                      local_attention=local, local_crossover=cross))  # fmt: skip

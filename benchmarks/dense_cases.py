@@ -1,6 +1,7 @@
 """``bench_dense_cpu.py``'s inputs and timed bodies: ogbg-molhiv batch sizes, random local graphs,
 and one forward+backward step per backend (blocked dense, message passing, GPS-style dense batch)
-for global and local attention."""
+for global attention, and of the local ``FlexGraphConv`` on the dense and message-passing
+backends."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from torch import Tensor
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from pyg_mup.data import load_dataset
+from pyg_mup.graph import GraphStructure
 from pyg_mup.graph.layout import Layout, pack_layout, packed_graph_starts, slot_layout
+from pyg_mup.nn import FlexGraphConv
 from pyg_mup.nn.dense import dense_block_attention
 from pyg_mup.score_mods import pair_bias
 
@@ -182,35 +185,34 @@ def local_graph(block: int, density: float, generator: torch.Generator) -> tuple
     return src.flatten()[order], dst.flatten()[order]
 
 
-def local_dense(block: int, src: Tensor, dst: Tensor, inputs: list[Tensor], bias) -> Step:
-    query, key, value, grad = inputs
-    tiles = torch.zeros(LOCAL_NODES * block, dtype=torch.long)  # pair id + 1 at q·B + kv mod B
-    tiles[dst * block + src % block] = torch.arange(1, src.numel() + 1)
-
-    def pair(q, kv):
-        return tiles[q * block + kv % block]
-
-    def edge_mask(b, h, q, kv):
-        return pair(q, kv) > 0
-
-    score_mod = pair_bias(pair, bias) if bias is not None else None
+def local_layer(
+    block: int, src: Tensor, dst: Tensor, backend: str, edge_dim: int | None, seed: int
+) -> Step:
+    """``FlexGraphConv`` (local, ``HEADS`` × ``CHANNELS``, no root weight) forward+backward on
+    ``backend``: ``'dense'`` on the structure packed into blocks of ``block`` slots (its mask
+    and bias rows read the block-diagonal pair look-up), ``'message_passing'`` on the unpacked
+    one (what ``layout='auto'`` builds below the threshold). ``edge_dim``: the learned edge
+    bias (mods ``mask+bias``)."""
+    edge_index = torch.stack([src, dst])
+    packed = backend == "dense"
+    structure = GraphStructure.build(
+        edge_index, LOCAL_NODES, layout="pack" if packed else None,
+        block_size=block if packed else None,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    width = HEADS * CHANNELS
+    layer = FlexGraphConv(
+        width, CHANNELS, heads=HEADS, edge_dim=edge_dim, root_weight=False, backend=backend
+    )
+    x = torch.randn(LOCAL_NODES, width, generator=generator).requires_grad_()
+    edge_attr = None
+    if edge_dim is not None:
+        edge_attr = torch.randn(src.numel(), edge_dim, generator=generator).requires_grad_()
+    grad = torch.randn(LOCAL_NODES, width, generator=generator)
 
     def attention() -> Tensor:
-        return dense_block_attention(
-            query, key, value, block_size=block, scale=SCALE, score_mod=score_mod,
-            mask_mod=edge_mask,
-        )  # fmt: skip
+        return layer(x, edge_attr=edge_attr, structure=structure)
 
-    return fwd_bwd(attention, grad, [query, key, value, *([bias] if bias is not None else [])])
-
-
-def local_message_passing(src: Tensor, dst: Tensor, inputs: list[Tensor], bias) -> Step:
-    """The pairs are the edges: no mask; the bias row is the pair id (row 0 = no pair)."""
-    pair_id = torch.arange(1, src.numel() + 1).unsqueeze(1)
-
-    def pair(q, kv):  # the twin answers its own pair ids without a look-up
-        return pair_id
-
-    score_mod = pair_bias(pair, bias) if bias is not None else None
-    leaves = [bias] if bias is not None else []
-    return message_passing(src, dst, LOCAL_NODES, inputs, score_mod, None, leaves)
+    leaves = [x, *layer.parameters(), *([edge_attr] if edge_attr is not None else [])]
+    return fwd_bwd(attention, grad, leaves)

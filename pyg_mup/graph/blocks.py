@@ -25,14 +25,17 @@ FlexAttention's time hardly grows with the share of its tiles that hold edges, m
 passing's grows with the edges, and they cross between 1/128 and 1/64 in bf16 and near 1/16 in
 float32. Local structures on CUDA build their block mask from the lowest of these."""
 
-DENSE_MIN_BLOCK_DENSITY = 1 / 8
+DENSE_MIN_BLOCK_DENSITY = 1 / 4
 """On the CPU, the blocked dense backend pays for local attention when at least this share of
 the ``B²`` entries of its blocks are attention pairs (``LocalStructure.block_density`` of a
 packed layout): it computes every entry of a block, message passing only the pairs. Measured
-with ``benchmarks/bench_dense_cpu.py`` (``results/dense_cpu_local.json``, the layer's forward
-and backward on each backend, float32, 2 threads): see that file's crossover per block size and
-mods. Local structures built for the CPU pack their nodes (``layout='auto'``) only when they
-reach it, and ``backend='auto'`` picks the dense backend from it."""
+with ``benchmarks/bench_dense_cpu.py --skip-global`` (``results/dense_cpu_local.json``: the local
+layer's forward and backward on each backend, float32, 1 thread, a loaded machine): the medians
+cross at 1/4 for B = 16 (dense 0.95–1.04× message passing there), 1/5–1/7 for B = 32, 1/7–1/11
+for 64 and 1/12–1/13 for 128, with or without the edge bias. The largest crossover is kept, so
+``'auto'`` never picks dense where it loses; molecules fill 1/36–1/64 and keep message passing.
+Local structures built for the CPU pack their nodes (``layout='auto'``) only when they reach it,
+and ``backend='auto'`` picks the dense backend from it."""
 
 
 def num_blocks(length: int, size: int) -> int:

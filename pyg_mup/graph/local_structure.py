@@ -60,6 +60,8 @@ class LocalStructure(GraphStructure):
       :class:`~pyg_mup.graph.lookup.BlockDiagonalLookup` the dense backend's mods read (the
       per-block adjacency), else ``None``; :attr:`fits_dense_blocks` says which.
     * ``pair_distance``: ``[P]`` distance of each edge pair (with ``max_distance``).
+    * ``own_rows``: ``[P, 1]`` rows ``1 … P``, what ``pair_row`` answers the message-passing
+      backend's own indices.
     """
 
     mode = "local"
@@ -80,6 +82,7 @@ class LocalStructure(GraphStructure):
     block_mask: BlockMask | None = None
     max_distance: int | None = None
     pair_distance: Tensor | None = None
+    own_rows: Tensor | None = None
     batch: Tensor | None = None
     pair_row: IndexFn | None = None
 
@@ -158,6 +161,9 @@ class LocalStructure(GraphStructure):
             pairs=pairs,
             attention_pairs=pairs.pair_index,
             message_passing_indices=(pair_dst.unsqueeze(1), pair_src.unsqueeze(1)),
+            # the message-passing backend's pair rows (pair p is row p + 1): made once, not per
+            # layer and step
+            own_rows=torch.arange(1, pairs.num_pairs + 1, device=pair_src.device).unsqueeze(1),
             blocks=blocks,
             block_density=density,
             lookup_kind=kind,
@@ -201,11 +207,11 @@ class LocalStructure(GraphStructure):
         there is zero). Other indices go through the FlexAttention look-up; entries that are no
         pair read one of ``SINK_ROWS`` zero rows, spread by position (see
         :mod:`pyg_mup.graph.tables`)."""
-        own_q, own_kv = self.message_passing_indices
-        own_rows = torch.arange(1, own_q.size(0) + 1, device=own_q.device).unsqueeze(1)
-        lookup, sink = self.lookup, self.num_pairs + 1
         if backend == "dense" and self.dense_lookup is not None:
             return self.dense_lookup.fn()
+        own_q, own_kv = self.message_passing_indices
+        own_rows = self.own_rows
+        lookup, sink = self.lookup, self.num_pairs + 1
 
         def pair_row(q: Tensor, kv: Tensor) -> Tensor:
             if backend == "message_passing" and q is own_q and kv is own_kv:
@@ -248,12 +254,12 @@ class LocalStructure(GraphStructure):
         parts = [t for t in (edge_values, distance_values) if t is not None]
         if not parts:
             raise ValueError("pair_values needs edge_values or distance_values")
-        values = parts[0].new_zeros(self.num_pairs, parts[0].shape[-1])
-        if edge_values is not None:
-            values = values + edge_values
+        # the one part given is the table itself: no zeros to add it to (nor their backward)
+        values = edge_values
         if distance_values is not None:
-            values = values + capped_rows(distance_values, self._distances())
-        return sink_padded(values)
+            distances = capped_rows(distance_values, self._distances())
+            values = distances if values is None else values + distances
+        return sink_padded(values.expand(self.num_pairs, -1))
 
     def distance(self, q: Tensor, kv: Tensor) -> Tensor:
         far = self._distances().new_full((1 + SINK_ROWS,), self.max_distance + 1)

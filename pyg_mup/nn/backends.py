@@ -223,7 +223,7 @@ def message_passing_weights(
     score = (query.index_select(0, dst) * key.index_select(0, src)).sum(dim=-1) * scale
     q_index, kv_index = structure.message_passing_indices
     head = torch.arange(query.size(1), device=query.device).unsqueeze(0)
-    batch_index = torch.zeros_like(q_index)
+    batch_index = q_index.new_zeros(1, 1)  # broadcasts as [P_att, 1] would, without its memory
     if score_mod is not None:
         score = score_mod(score, batch_index, head, q_index, kv_index)
     keep = None
