@@ -438,8 +438,8 @@ def blocks_visited(structure):
     [
         (4, {"layout": "rcm", "mode": "global"}, "layout must be None or 'pack' in mode='global'"),
         ((4, 3), {"layout": "rcm"}, "layout='rcm' reorders one node set"),
-        (4, {"layout": "pack"}, "'pack' packs graphs in mode='global'"),
-        (4, {"layout": "metis"}, "layout must be None or 'rcm' in mode='local'"),
+        ((4, 3), {"layout": "pack"}, "layout='pack' reorders one node set"),
+        (4, {"layout": "metis"}, "layout must be None or .rcm. in mode=.local., or .pack./.auto."),
         (4, {"layout": "metis", "mode": "global"}, "layout must be None or 'pack'"),
     ],
 )
