@@ -218,7 +218,10 @@ class MuPFlexAttention(MessagePassing):
             alpha = backends.message_passing_weights(
                 query, key, bound, score_mod, mask_mod, self.scale
             )
-            dropped = F.dropout(alpha, p=self.dropout, training=self.training)
+            # a zero rate returns alpha itself: skip the call (an op per layer and step)
+            dropped = (
+                F.dropout(alpha, p=self.dropout, training=self.training) if self.dropout else alpha
+            )
             out = self.propagate(
                 bound.attention_pairs,
                 value=value,
