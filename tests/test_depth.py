@@ -71,6 +71,23 @@ def test_depth_parametrization_scales_every_blocks_branches(molesol, name, lr_fa
     assert optimizer.param_groups[0]["eps"] == pytest.approx(1e-8 * 4**-alpha)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "eps"),
+    [
+        ({"width": 64}, 1e-8 / 4),  # μP: ε shrinks with the width multiplier
+        ({"width": 64, "depth_parametrization": "completep", "base_layers": 2}, 1e-8 / 4 / 2),
+        ({"width": 64, "mup": False}, 1e-8),  # SP keeps torch's ε
+        ({}, 1e-8),  # at the base width
+    ],
+)
+def test_adam_eps_follows_completep_width_and_depth_rules(molesol, overrides, eps):
+    task, example = molesol
+    config = small(**overrides)
+    optimizer = make_optimizer(config, make_model(config, task, example))
+    eps_of_groups = [g["eps"] for g in optimizer.param_groups]
+    assert eps_of_groups == pytest.approx([eps] * len(eps_of_groups))
+
+
 def test_zero_query_zeroes_every_query_projection(molesol):
     task, example = molesol
     model = make_model(small(zero_query=True), task, example)

@@ -44,7 +44,7 @@ from pyg_mup.mup import (
 from .config import ConfigError, TrainConfig
 
 ADAM_EPS = 1e-8
-"""``torch.optim.AdamW``'s default ε, the base value the depth rules scale."""
+"""``torch.optim.AdamW``'s default ε, the base-shape value the width and depth rules scale."""
 
 
 def model_builder(config: TrainConfig, task: Task, example: Data) -> Callable[[int], nn.Module]:
@@ -144,12 +144,17 @@ def scale_depth(model: nn.Module, layers: int, base: int, alpha: float) -> None:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
-    """AdamW, with μP lr groups (``--mup``) and the depth rules' ε (``--depth-parametrization``)."""
-    eps = ADAM_EPS
-    if config.depth_parametrization != "none":
-        width_mult = config.width / config.base_width if config.mup else 1.0
-        depth_mult = config.layers / base_layers(config)
-        eps = adam_eps(ADAM_EPS, width_mult, depth_mult, ALPHAS[config.depth_parametrization])
+    """AdamW, with μP lr groups (``--mup``) and CompleteP's ε.
+
+    Under μP the hidden weights' gradients shrink like ``1/width`` (the readout's multiplier),
+    so a fixed ε comes to dominate Adam's denominator as the model widens and damps the very
+    updates μP keeps constant: ε is scaled by ``width_mult^-1`` (and by the depth rule's
+    ``depth_mult^-α``), as CompleteP prescribes. The SP twin keeps torch's ε.
+    """
+    width_mult = config.width / config.base_width if config.mup else 1.0
+    depth_mult = config.layers / base_layers(config)
+    alpha = ALPHAS.get(config.depth_parametrization, 0.0)
+    eps = adam_eps(ADAM_EPS, width_mult, depth_mult, alpha)
     if config.mup or config.depth_parametrization != "none":  # SP: width factors are all 1
         return MuAdamW(model, lr=config.lr, weight_decay=config.weight_decay, eps=eps)
     return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=eps)
