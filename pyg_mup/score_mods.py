@@ -4,7 +4,8 @@ Every mod has FlexAttention's signature ``mod(score, b, h, q, kv) -> score`` and
 the tensors it captured, so the same closure runs inside ``flex_attention`` (scalar indices,
 eager or compiled) and on the message-passing path, where ``q``/``kv`` are ``[P, 1]`` pair indices
 and ``h`` is ``[1, H]`` (broadcasting turns each gather into a ``[P, H]`` table read). Captured
-tensors that require grad receive gradients through both paths.
+tensors that require grad receive gradients through both paths. The backend's own call reads the
+factories' tables with no gather (:meth:`~pyg_mup.graph.tables.OwnPairRows.read`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from pyg_mup.graph.signatures import IndexFn, MaskMod, ScoreMod
+from pyg_mup.graph.tables import OwnPairRows
 
 __all__ = ["IndexFn", "MaskMod", "ScoreMod", "compose", "pair_bias", "sigmoid_gate"]
 
@@ -21,7 +23,7 @@ def pair_bias(row_of: IndexFn, table: Tensor) -> ScoreMod:
     """Add ``table[row_of(q, kv), h]``: a per-head bias of each node pair; ``table``: ``[R, H]``."""
 
     def add_pair_bias(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        return score + table[row_of(q, kv), h]
+        return score + _read(row_of, table, h, q, kv)
 
     return add_pair_bias
 
@@ -30,9 +32,17 @@ def sigmoid_gate(row_of: IndexFn, logits: Tensor) -> ScoreMod:
     """Multiply the score by ``sigmoid(logits[row_of(q, kv), h])``; ``logits``: ``[R, H]``."""
 
     def gate(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        return score * torch.sigmoid(logits[row_of(q, kv), h])
+        return score * torch.sigmoid(_read(row_of, logits, h, q, kv))
 
     return gate
+
+
+def _read(row_of: IndexFn, table: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    """``table[row_of(q, kv), h]``; the message-passing backend's own call reads its rows in
+    table order, as a slice (indexing's backward would be an ``index_put`` accumulate)."""
+    if isinstance(row_of, OwnPairRows):
+        return row_of.read(table, h, q, kv)
+    return table[row_of(q, kv), h]
 
 
 def compose(*mods: ScoreMod | None) -> ScoreMod | None:

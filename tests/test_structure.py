@@ -11,6 +11,7 @@ from graphs import dense_distances, random_batch
 from pyg_mup import FlexGraphConv
 from pyg_mup.graph import GraphStructure
 from pyg_mup.graph.lookup import build_pair_lookup
+from pyg_mup.graph.tables import SINK_ROWS
 
 
 @pytest.fixture
@@ -129,9 +130,9 @@ def _probe_indices(structure, graph, num_nodes):
 )
 def test_lookup_only_with_flex_and_the_same_rows_without(batch_graph, graph, build, expected_kind):
     """A structure built with flex=False has no look-up, and its message-passing ``pair_row``
-    needs none: the backend's own indices give rows 1..P. flex=True builds the look-up (the one
-    ``torch.unique``'s inverse gives: same kind, tables and answers), and the two structures
-    answer the same rows."""
+    needs none: the backend's own indices give rows 0..P-1 of its unpadded tables. flex=True
+    builds the look-up (the one ``torch.unique``'s inverse gives: same kind, tables and
+    answers), and the two structures answer the same pairs."""
     if graph == "batch":
         x, edge_index, batch = batch_graph
         num_nodes = x.size(0)
@@ -147,7 +148,9 @@ def test_lookup_only_with_flex_and_the_same_rows_without(batch_graph, graph, bui
     bound = plain.bind("message_passing")
     q_own, kv_own = bound.message_passing_indices
     rows = bound.pair_row(q_own, kv_own)
-    assert torch.equal(rows.squeeze(1), torch.arange(1, plain.num_pairs + 1))
+    assert torch.equal(rows.squeeze(1), torch.arange(plain.num_pairs))
+    ids = torch.arange(plain.num_pairs, dtype=torch.float64).unsqueeze(1)
+    assert torch.equal(bound.pair_values(ids), ids)  # no zero and sink rows to skip
     with pytest.raises(ValueError, match=r"flex=True"):  # other indices need the look-up
         bound.pair_row(q_own.clone(), kv_own.clone())
 
@@ -166,9 +169,13 @@ def test_lookup_only_with_flex_and_the_same_rows_without(batch_graph, graph, bui
     answers = flex.lookup.fn()(q, kv)
     assert torch.equal(answers, eager.fn()(q, kv))
     assert 0 < int((answers == 0).sum()) < answers.numel()
-    # the same rows: flex's pair_row at message passing's indices (as clones: a look-up) and
-    # at every probe (non-pairs read sink rows past P)
-    assert torch.equal(flex.pair_row(q_own.clone(), kv_own.clone()), rows)
+    # the same pairs: flex's pair_row at message passing's indices (as clones: a look-up) reads
+    # rows 1..P of its padded tables, as its own message passing does; at every probe, non-pairs
+    # read sink rows past P
+    assert torch.equal(flex.pair_row(q_own.clone(), kv_own.clone()), rows + 1)
+    flex_bound = flex.bind("message_passing")
+    assert torch.equal(flex_bound.pair_row(*flex_bound.message_passing_indices), rows + 1)
+    assert flex_bound.pair_values(ids).shape == (1 + flex.num_pairs + SINK_ROWS, 1)
     probed = flex.pair_row(q, kv)
     assert torch.equal(probed[answers > 0], answers[answers > 0])
     assert bool((probed[answers == 0] > flex.num_pairs).all())

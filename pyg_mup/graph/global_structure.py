@@ -24,7 +24,7 @@ from .layout import Layout, identity_layout, pack_layout, packed_block_size
 from .pairs import EdgePairs, unique_pairs
 from .signatures import IndexFn, MaskMod
 from .structure import GraphStructure
-from .tables import capped_rows
+from .tables import OwnPairRows, capped_rows
 
 
 @dataclass(eq=False)
@@ -181,15 +181,15 @@ class GlobalStructure(GraphStructure):
         """``flat_row[q] + kv`` (wrapped into range for pairs across graphs, which the mask drops);
         the message-passing backend's own pairs are the flat rows in order, with no gather."""
         flat_row, flat_size = self.flat_row, self.flat_size
-        own_q, own_kv = self.message_passing_indices
-        own_rows = torch.arange(own_q.size(0), device=own_q.device).unsqueeze(1)
 
         def pair_row(q: Tensor, kv: Tensor) -> Tensor:
-            if backend == "message_passing" and q is own_q and kv is own_kv:
-                return own_rows
             return torch.remainder(flat_row[q] + kv, flat_size)
 
-        return pair_row
+        if backend != "message_passing":
+            return pair_row
+        own_q, own_kv = self.message_passing_indices
+        own_rows = torch.arange(own_q.size(0), device=own_q.device).unsqueeze(1)
+        return OwnPairRows(own_q, own_kv, own_rows, 0, pair_row)
 
     def mask_mod(self) -> MaskMod:
         """The same graph (padding slots belong to none)."""

@@ -42,7 +42,7 @@ from .lookup import (
 from .pairs import EdgePairs, unique_pairs
 from .signatures import IndexFn, MaskMod
 from .structure import GraphStructure
-from .tables import SINK_ROWS, capped_rows, sink_padded
+from .tables import SINK_ROWS, OwnPairRows, capped_rows, sink_padded
 
 
 @dataclass(eq=False)
@@ -60,8 +60,9 @@ class LocalStructure(GraphStructure):
       :class:`~pyg_mup.graph.lookup.BlockDiagonalLookup` the dense backend's mods read (the
       per-block adjacency), else ``None``; :attr:`fits_dense_blocks` says which.
     * ``pair_distance``: ``[P]`` distance of each edge pair (with ``max_distance``).
-    * ``own_rows``: ``[P, 1]`` rows ``1 … P``, what ``pair_row`` answers the message-passing
-      backend's own indices.
+    * ``own_rows``: ``[P, 1]`` rows of the pairs in order, what ``pair_row`` answers the
+      message-passing backend's own indices: ``0 … P - 1`` of its unpadded tables without a
+      look-up, else ``1 … P`` (see :meth:`pair_values`).
     """
 
     mode = "local"
@@ -149,6 +150,7 @@ class LocalStructure(GraphStructure):
         kind = lookup_kind(lookup, pairs.num_pairs, num_tiles, block_size)
         if flex is None:
             flex = target == "cuda" and density >= min(FLEX_MIN_BLOCK_DENSITY.values())
+        flex = bool(flex)
 
         pair_src, pair_dst = pairs.pair_index
         structure = cls(
@@ -161,9 +163,10 @@ class LocalStructure(GraphStructure):
             pairs=pairs,
             attention_pairs=pairs.pair_index,
             message_passing_indices=(pair_dst.unsqueeze(1), pair_src.unsqueeze(1)),
-            # the message-passing backend's pair rows (pair p is row p + 1): made once, not per
-            # layer and step
-            own_rows=torch.arange(1, pairs.num_pairs + 1, device=pair_src.device).unsqueeze(1),
+            # the message-passing backend's pair rows: made once, not per layer and step
+            own_rows=torch.arange(
+                int(flex), pairs.num_pairs + int(flex), device=pair_src.device
+            ).unsqueeze(1),
             blocks=blocks,
             block_density=density,
             lookup_kind=kind,
@@ -201,21 +204,17 @@ class LocalStructure(GraphStructure):
 
     # ---------------------------------------------------------------------------- mods
     def _pair_row_for(self, backend: str) -> IndexFn:
-        """Message passing calls mods with its own pairs, in order: row ``p + 1`` is pair ``p``
-        with no look-up. The dense backend's grids read the block-diagonal look-up, where an
-        entry that is no pair reads the zero row 0 (the dense backend masks it; its gradient
-        there is zero). Other indices go through the FlexAttention look-up; entries that are no
-        pair read one of ``SINK_ROWS`` zero rows, spread by position (see
-        :mod:`pyg_mup.graph.tables`)."""
+        """Message passing calls mods with its own pairs, in order: ``own_rows``, with no
+        look-up (:class:`~pyg_mup.graph.tables.OwnPairRows`). The dense backend's grids read the
+        block-diagonal look-up, where an entry that is no pair reads the zero row 0 (the dense
+        backend masks it; its gradient there is zero). Other indices go through the
+        FlexAttention look-up: row ``p + 1`` is pair ``p``, and entries that are no pair read one
+        of ``SINK_ROWS`` zero rows, spread by position (see :mod:`pyg_mup.graph.tables`)."""
         if backend == "dense" and self.dense_lookup is not None:
             return self.dense_lookup.fn()
-        own_q, own_kv = self.message_passing_indices
-        own_rows = self.own_rows
         lookup, sink = self.lookup, self.num_pairs + 1
 
         def pair_row(q: Tensor, kv: Tensor) -> Tensor:
-            if backend == "message_passing" and q is own_q and kv is own_kv:
-                return own_rows
             if lookup is None:
                 raise ValueError(
                     "this local structure was built without its pair look-up (flex=False): "
@@ -225,7 +224,16 @@ class LocalStructure(GraphStructure):
             pair = lookup.fn()(q, kv)
             return torch.where(pair > 0, pair, sink + (q * 131 + kv) % SINK_ROWS)
 
-        return pair_row
+        if backend != "message_passing":
+            return pair_row
+        own_q, own_kv = self.message_passing_indices
+        return OwnPairRows(own_q, own_kv, self.own_rows, int(self.lookup is not None), pair_row)
+
+    @property
+    def _sink_padded(self) -> bool:
+        """Whether tables carry the zero row 0 and the sink rows: not for message passing
+        without a look-up, whose mods read only its own pairs (rows ``0 … P - 1``)."""
+        return not (self.bound_backend == "message_passing" and self.lookup is None)
 
     def mask_mod(self) -> MaskMod:
         """An edge ``kv → q``: a look-up hit (the block-diagonal look-up of a structure built
@@ -259,11 +267,14 @@ class LocalStructure(GraphStructure):
         if distance_values is not None:
             distances = capped_rows(distance_values, self._distances())
             values = distances if values is None else values + distances
-        return sink_padded(values.expand(self.num_pairs, -1))
+        values = values.expand(self.num_pairs, -1)
+        return sink_padded(values) if self._sink_padded else values
 
     def distance(self, q: Tensor, kv: Tensor) -> Tensor:
-        far = self._distances().new_full((1 + SINK_ROWS,), self.max_distance + 1)
-        table = torch.cat([far[:1], self._distances(), far[1:]])
+        table = self._distances()
+        if self._sink_padded:
+            far = table.new_full((1 + SINK_ROWS,), self.max_distance + 1)
+            table = torch.cat([far[:1], table, far[1:]])
         return table[self.pair_row(q, kv)]
 
     def _distances(self) -> Tensor:

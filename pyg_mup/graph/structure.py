@@ -251,13 +251,23 @@ class GraphStructure:
             )
 
     # ------------------------------------------------------------------------ backends
+    bound_backend: str | None = None
+    """The backend a copy from :meth:`bind` is bound to (``None``: not bound, flex's rows)."""
+
     def bind(self, backend: str) -> GraphStructure:
-        """A shallow copy whose :attr:`pair_row` answers the indices ``backend`` gives mods."""
+        """A shallow copy whose :attr:`pair_row` answers the indices ``backend`` gives mods.
+
+        Made once per backend and kept: every layer of a model binds the batch's structure, and
+        a copy per layer would also make its rows (and head index) again."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        bound = copy.copy(self)
-        bound.pair_row = self._pair_row_for(backend)
-        return bound
+        cache = self.__dict__.setdefault("_bound", {})
+        if backend not in cache:
+            bound = copy.copy(self)  # through __getstate__: without the copies bound to self
+            bound.bound_backend = backend
+            bound.pair_row = bound._pair_row_for(backend)
+            cache[backend] = bound
+        return cache[backend]
 
     def _pair_row_for(self, backend: str) -> IndexFn:
         raise NotImplementedError
@@ -267,6 +277,8 @@ class GraphStructure:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["pair_row"] = None
+        state.pop("_bound", None)  # copies bound to this structure's tensors, not the copy's
+        state.pop("bound_backend", None)  # its pair_row is made again as flex's
         if self.block_mask is not None:
             state["block_mask"] = map_block_mask(self.block_mask, _same, noop_mask)
         return state
@@ -290,7 +302,9 @@ class GraphStructure:
         """``[R, H]`` per-pair values read as ``table[pair_row(q, kv)]``: ``edge_values[p]``
         (``[P, H]``) for edge pair ``p``, else ``no_edge`` (``[H]``, global mode), plus
         ``distance_values[d]`` (``[max_distance + 2, H]``, rows ``0 … max_distance + 1``).
-        Missing parts count as zero; differentiable in all three."""
+        Missing parts count as zero; differentiable in all three. Rows follow the backend this
+        structure is bound to (:meth:`bind`): read the table with the same structure's
+        :attr:`pair_row`."""
         raise NotImplementedError
 
     def distance(self, q: Tensor, kv: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ attended pair before the mods read them, and masked entries of local attention r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -56,3 +58,44 @@ def sink_padded(values: Tensor) -> Tensor:
     row ``pair + 1`` is pair ``pair`` and any non-pair entry reads a zero."""
     padding = values.new_zeros(1 + SINK_ROWS, values.size(1))
     return torch.cat([padding[:1], values, padding[1:]])
+
+
+class OwnPairRows:
+    """``pair_row`` of a structure bound to the message-passing backend: ``(q, kv) -> rows``.
+
+    The backend calls the mods with its own ``[P, 1]`` pair indices ``q``/``kv`` (by identity)
+    and ``[1, H]`` head index (:meth:`heads`); those indices answer rows ``first … first + P - 1``
+    (``rows``, ``[P, 1]``) with no look-up, and any other indices go to ``other``. :meth:`read`
+    reads a ``[R, H]`` table there as the rows in table order, with no gather: indexing's
+    backward is an ``index_put`` accumulate per table read.
+    """
+
+    def __init__(
+        self, q: Tensor, kv: Tensor, rows: Tensor, first: int, other: Callable[..., Tensor]
+    ) -> None:
+        self.q, self.kv, self.rows, self.first, self.other = q, kv, rows, first, other
+        self._heads: dict[int, Tensor] = {}
+
+    def __call__(self, q: Tensor, kv: Tensor) -> Tensor:
+        if q is self.q and kv is self.kv:
+            return self.rows
+        return self.other(q, kv)
+
+    def heads(self, num_heads: int) -> Tensor:
+        """The ``[1, H]`` head index the backend gives mods, made once per bound structure."""
+        if num_heads not in self._heads:
+            self._heads[num_heads] = torch.arange(num_heads, device=self.q.device).unsqueeze(0)
+        return self._heads[num_heads]
+
+    def read(self, table: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        """``table[self(q, kv), h]``: at the backend's own indices and heads, the table's rows
+        ``first …`` in order and all its columns — the table itself, or a slice of it."""
+        own = q is self.q and kv is self.kv and h is self._heads.get(h.size(-1))
+        if own and table.dim() == 2 and table.size(1) == h.size(1):
+            count = self.q.size(0)
+            return (
+                table
+                if (self.first, count) == (0, table.size(0))
+                else table.narrow(0, self.first, count)
+            )
+        return table[self(q, kv), h]

@@ -25,6 +25,7 @@ from torch_geometric.utils import softmax
 from pyg_mup.graph import GraphStructure
 from pyg_mup.graph.blocks import DENSE_MIN_BLOCK_DENSITY, FLEX_MIN_BLOCK_DENSITY, block_mask
 from pyg_mup.graph.signatures import MaskMod, ScoreMod
+from pyg_mup.graph.tables import OwnPairRows
 
 from .dense import dense_block_attention
 
@@ -222,7 +223,11 @@ def message_passing_weights(
     # accumulate (slower on the CPU)
     score = (query.index_select(0, dst) * key.index_select(0, src)).sum(dim=-1) * scale
     q_index, kv_index = structure.message_passing_indices
-    head = torch.arange(query.size(1), device=query.device).unsqueeze(0)
+    row_of = structure.pair_row
+    if isinstance(row_of, OwnPairRows):  # its head index: what lets the mods read tables whole
+        head = row_of.heads(query.size(1))
+    else:
+        head = torch.arange(query.size(1), device=query.device).unsqueeze(0)
     batch_index = q_index.new_zeros(1, 1)  # broadcasts as [P_att, 1] would, without its memory
     if score_mod is not None:
         score = score_mod(score, batch_index, head, q_index, kv_index)
