@@ -15,6 +15,8 @@ from pyg_mup.data import load_dataset
 from pyg_mup.models import GraphTransformer
 from pyg_mup.models.encodings import encoding_transform, encodings_of
 from pyg_mup.models.gine import GINEVirtualNode, count_parameters, matched_width
+from pyg_mup.train import ConfigError, TrainConfig
+from pyg_mup.train.factory import make_model
 
 SPECS = ("rwse:8", "lap:4", "degree")
 SYNC_OPS = ("nonzero", "unique", "_local_scalar_dense", "masked_select", "bincount")
@@ -177,3 +179,24 @@ def test_matched_width_is_within_ten_percent_of_the_transformer(width, layers):
         size = count_parameters(GINEVirtualNode(1, width=gine_width, layers=layers))
     assert abs(size / target - 1) < 0.1, (gine_width, size, target)
     assert 1.1 * width < gine_width < 1.3 * width  # the documented rule: about 1.2× wider
+
+
+def test_match_parameters_sizes_the_baseline_like_the_transformer():
+    data = load_dataset("ogbg-molesol")
+    example = encoding_transform(("rwse:16",))(data.dataset[0])
+    settings = dict(
+        width=64, base_width=32, layers=3, attention="both", local_branch="gine", pe=("rwse:16",)
+    )
+    transformer = make_model(TrainConfig(**settings), data.task, example)
+    gine = make_model(
+        TrainConfig(**settings, model="gine", match_parameters=True), data.task, example
+    )
+    plain = make_model(TrainConfig(**settings, model="gine"), data.task, example)
+    ratio = count_parameters(gine) / count_parameters(transformer)
+    assert abs(ratio - 1) < 0.1, ratio
+    assert count_parameters(plain) / count_parameters(transformer) < 0.75  # what it corrects
+    assert gine.width > 64 and gine.width % 4 == 0
+    mults = {p.width_info.width_mult for p in gine.parameters() if p.width_info.ninf == 2}
+    assert max(mults) > 1  # μP against the matched base width, not built at its own base
+    with pytest.raises(ConfigError, match="--match-parameters sizes the --model gine baseline"):
+        TrainConfig(**settings, match_parameters=True).validate()

@@ -192,6 +192,13 @@ class TrainConfig:
         "GraphTransformer, or the GINE + virtual node baseline (graph datasets)",
         choices=MODEL_KINDS,
     )
+    match_parameters: bool = setting(
+        False,
+        "model",
+        "with --model gine: widen the baseline (at --width and --base-width) to the parameter "
+        "count of the GraphTransformer these settings build, for comparisons at equal size",
+        flag="store_true",
+    )
     local_branch: str = setting(
         "none",
         "model",
@@ -299,6 +306,10 @@ class TrainConfig:
             raise ConfigError("--num-neighbors takes positive counts per hop (-1: all)")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other")
+        if self.match_parameters and self.model != "gine":
+            raise ConfigError(
+                f"--match-parameters sizes the --model gine baseline; got --model {self.model}"
+            )
         if self.depth_parametrization not in DEPTH_PARAMETRIZATIONS:
             raise ConfigError(
                 f"--depth-parametrization must be one of {', '.join(DEPTH_PARAMETRIZATIONS)}"

@@ -16,9 +16,12 @@ optimizer's depth lr factor (:mod:`pyg_mup.mup.depth`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -29,7 +32,7 @@ from pyg_mup.data import Task
 from pyg_mup.graph import AddHopDistance
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
 from pyg_mup.models.encodings import encoding_transform
-from pyg_mup.models.gine import GINEVirtualNode
+from pyg_mup.models.gine import GINEVirtualNode, count_parameters, matched_width
 from pyg_mup.mup import (
     ALPHAS,
     MuAdamW,
@@ -49,24 +52,14 @@ ADAM_EPS = 1e-8
 
 def model_builder(config: TrainConfig, task: Task, example: Data) -> Callable[[int], nn.Module]:
     """``width -> model`` for the dataset's level and features (``example``: one graph)."""
-    x = example.x if "x" in example else None
-    edge_attr = example.edge_attr if "edge_attr" in example else None
-    node_spec, edge_spec = feature_specs(task.name, x, edge_attr)
-    common = dict(
-        out_channels=task.out_channels,
-        layers=config.layers,
-        heads=config.heads,
-        dropout=config.dropout,
-        node_features=node_spec,
-        edge_features=edge_spec,
-    )
+    common = _common_arguments(config, task, example)
     if task.level == "node":
-        return lambda width: NodeTransformer(width=width, **common)
+        return lambda width: NodeTransformer(width=width, heads=config.heads, **common)
     if config.model == "gine":
-        del common["heads"]
         return lambda width: GINEVirtualNode(width=width, encodings=config.pe, **common)
     return lambda width: GraphTransformer(
         width=width,
+        heads=config.heads,
         attention=config.attention,
         max_distance=config.max_distance,
         local_branch=None if config.local_branch == "none" else config.local_branch,
@@ -74,6 +67,39 @@ def model_builder(config: TrainConfig, task: Task, example: Data) -> Callable[[i
         attention_dropout=config.attention_dropout,
         **common,
     )
+
+
+def _common_arguments(config: TrainConfig, task: Task, example: Data) -> dict[str, Any]:
+    x = example.x if "x" in example else None
+    edge_attr = example.edge_attr if "edge_attr" in example else None
+    node_spec, edge_spec = feature_specs(task.name, x, edge_attr)
+    return dict(
+        out_channels=task.out_channels,
+        layers=config.layers,
+        dropout=config.dropout,
+        node_features=node_spec,
+        edge_features=edge_spec,
+    )
+
+
+def model_widths(config: TrainConfig, task: Task, example: Data) -> tuple[int, int]:
+    """``(width, base_width)`` the model is built at: the configured ones, or with
+    ``--match-parameters`` the GINE widths whose parameter counts are closest to the
+    GraphTransformer's of the same settings at each (counted on the meta device)."""
+    if not config.match_parameters:
+        return config.width, config.base_width
+    transformer = model_builder(
+        dataclasses.replace(config, model="transformer", match_parameters=False), task, example
+    )
+    gine = {**_common_arguments(config, task, example), "encodings": config.pe}
+    del gine["layers"]
+
+    def matched(width: int) -> int:
+        with torch.device("meta"):
+            target = count_parameters(transformer(width))
+        return matched_width(target, config.layers, **gine)
+
+    return matched(config.width), matched(config.base_width)
 
 
 def dataset_transform(config: TrainConfig) -> BaseTransform | None:
@@ -93,10 +119,11 @@ def dataset_transform(config: TrainConfig) -> BaseTransform | None:
 def make_model(config: TrainConfig, task: Task, example: Data) -> nn.Module:
     """The run's model with its width information set (μP or SP), on the CPU."""
     build = model_builder(config, task, example)
+    width, base_width = model_widths(config, task, example)
     if config.mup:
-        model = build_mup_model(build, config.width, config.base_width)
+        model = build_mup_model(build, width, base_width)
     else:
-        model = set_base_shapes(build(config.width), None)
+        model = set_base_shapes(build(width), None)
     if config.zero_query:
         zero_queries(model)
     if config.depth_parametrization != "none":
@@ -180,7 +207,3 @@ def make_scheduler(config: TrainConfig, optimizer: Optimizer, total_steps: int) 
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -69,10 +69,16 @@ class Report:
         where = f"{self.device}" + (f" × {self.dist.world_size}" if self.dist.enabled else "")
         return (
             f"{c.dataset} ({self.workload.describe()}; {self.task.task_type}, "
-            f"{self.task.metric}) | width {c.width}, {c.layers} layers, {c.heads} heads, "
+            f"{self.task.metric}) | width {self._width()}, {c.layers} layers, {c.heads} heads, "
             f"{c.attention} attention, {mode} | {count_parameters(self.model):,} params | "
             f"{where}"
         )
+
+    def _width(self) -> str:
+        built = getattr(self.model, "width", self.config.width)
+        if built == self.config.width:
+            return str(built)
+        return f"{built} (--match-parameters: the GraphTransformer's size at {self.config.width})"
 
     def already_trained(self, progress: Progress) -> None:
         """The line of a ``--resume`` of a run that has trained all its epochs."""
@@ -128,6 +134,7 @@ class Report:
             "num_params": count_parameters(self.model),
             "mup": c.mup,
             "width": c.width,
+            "model_width": getattr(self.model, "width", c.width),
             "base_width": c.base_width if c.mup else None,
             "layers": c.layers,
             "heads": c.heads,
