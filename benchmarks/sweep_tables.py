@@ -1,8 +1,8 @@
 """Markdown tables of a sweep's trials.json: the best log2 lr per width (or depth), μP and SP.
 
 Why: the README states what transfers from these numbers; the table is computed, not typed.
-For each parametrization and width (or number of layers), the seed-mean training loss and
-validation metric of every log2 lr, the best lr of each, and the best values.
+For each parametrization (or ``--by`` setting) and width (or number of layers), the seed-mean
+training loss and validation metric of every log2 lr, the best lr of each, and the best values.
 
     python benchmarks/sweep_tables.py benchmarks/results/sweeps_h200/esol_width/trials.json
 """
@@ -16,20 +16,27 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def seed_means(trials: list[dict], axis: str) -> dict[tuple, dict[int, tuple[float, float]]]:
-    """``{(parametrization, axis value): {log2_lr: (mean train loss, mean valid)}}``."""
+def group_of(trial: dict, by: str) -> object:
+    """The trial's value of the setting ``by`` (``parametrization``: ``mup`` or ``sp``)."""
+    if by == "parametrization":
+        return trial["params"].get(by, "mup" if trial["config"]["mup"] else "sp")
+    return trial["config"][by]
+
+
+def seed_means(
+    trials: list[dict], axis: str, by: str = "parametrization"
+) -> dict[tuple, dict[int, tuple[float, float]]]:
+    """``{(value of by, axis value): {log2_lr: (mean train loss, mean valid)}}``."""
     groups: dict[tuple, dict[int, list[tuple[float, float]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for trial in trials:
         if trial["state"] != "COMPLETE" or trial["diverged"] or trial["valid"] is None:
             continue
-        config, params = trial["config"], trial["params"]
-        parametrization = params.get("parametrization", "mup" if config["mup"] else "sp")
-        log2_lr = params.get("log2_lr")
+        log2_lr = trial["params"].get("log2_lr")
         if log2_lr is None:
             continue
-        key = (parametrization, config[axis])
+        key = (group_of(trial, by), trial["config"][axis])
         groups[key][log2_lr].append((trial["train_loss"], trial["valid"]))
     return {
         key: {
@@ -40,18 +47,18 @@ def seed_means(trials: list[dict], axis: str) -> dict[tuple, dict[int, tuple[flo
     }
 
 
-def table(report: dict, axis: str) -> str:
+def table(report: dict, axis: str, by: str = "parametrization") -> str:
     better = max if report["higher_is_better"] else min
     rows = [
-        f"| param. | {axis} | best log2 lr (train loss) | train loss | best log2 lr "
+        f"| {by} | {axis} | best log2 lr (train loss) | train loss | best log2 lr "
         f"(valid {report['metric']}) | valid {report['metric']} |",
         "|---|---|---|---|---|---|",
     ]
-    for (parametrization, value), by_lr in seed_means(report["trials"], axis).items():
+    for (group, value), by_lr in seed_means(report["trials"], axis, by).items():
         lr_loss = min(by_lr, key=lambda lr: by_lr[lr][0])
         lr_valid = better(by_lr, key=lambda lr: by_lr[lr][1])
         rows.append(
-            f"| {parametrization} | {value} | {lr_loss} | {by_lr[lr_loss][0]:.4f} | "
+            f"| {group} | {value} | {lr_loss} | {by_lr[lr_loss][0]:.4f} | "
             f"{lr_valid} | {by_lr[lr_valid][1]:.4f} |"
         )
     return "\n".join(rows)
@@ -61,12 +68,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trials", type=Path, nargs="+", help="trials.json files")
     parser.add_argument("--axis", default=None, help="width or layers (default: what varies)")
+    parser.add_argument(
+        "--by", default="parametrization", help="the setting of each row (zero_query, ...)"
+    )
     args = parser.parse_args()
     for path in args.trials:
         report = json.loads(path.read_text())
         axis = args.axis or ("layers" if "layers" in report["grid"] else "width")
         print(f"### {path.parent.name} ({report['dataset']}, by {axis})\n")
-        print(table(report, axis) + "\n")
+        print(table(report, axis, args.by) + "\n")
 
 
 if __name__ == "__main__":
