@@ -1,0 +1,44 @@
+"""``benchmarks/compare_models.py --smoke``: both models tuned with the same budget, each recipe
+trained unchanged at the wide width over the seeds, the baseline at the transformer's size."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location(
+        "compare_models", ROOT / "benchmarks" / "compare_models.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_protocol_tunes_both_models_and_trains_the_recipes_wide(compare, tmp_path, capsys):
+    rows = compare.main(["--smoke", "--out", str(tmp_path), "--workers", "1"])
+    assert [r["model"] for r in rows] == ["transformer", "gine"]
+    assert json.loads((tmp_path / "results.json").read_text()) == rows
+    transformer, gine = rows
+    assert abs(gine["params"] / transformer["params"] - 1) < 0.1  # --match-parameters
+    assert transformer["model_width"] == 32 and gine["model_width"] > 32
+    for r in rows:
+        out = tmp_path / "ogbg-molesol" / r["model"]
+        tuned = json.loads((out / "tune" / "trials.json").read_text())["trials"]
+        assert len(tuned) == 2 and {t["config"]["width"] for t in tuned} == {16}
+        recipe = json.loads((out / "tune" / "recipe.json").read_text())
+        final = json.loads((out / "final" / "trials.json").read_text())["trials"]
+        assert sorted(t["config"]["seed"] for t in final) == [0, 1] == r["seeds"]
+        for t in final:  # the recipe unchanged, at the wide width, against its base width
+            assert t["config"]["width"] == 32 and t["config"]["base_width"] == 16
+            assert t["config"]["lr"] == recipe["settings"]["lr"]
+            assert t["config"]["weight_decay"] == recipe["settings"]["weight_decay"]
+        summaries = [json.loads((Path(t["run_dir"]) / "summary.json").read_text()) for t in final]
+        tests = [s["test_at_best_valid"] for s in summaries]  # OGB's number, per seed
+        assert r["test_mean"] == pytest.approx(sum(tests) / 2)
+    assert "| ogbg-molesol | gine |" in capsys.readouterr().out
