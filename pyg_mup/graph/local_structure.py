@@ -25,6 +25,7 @@ from .checks import (
 from .layout import (
     LAYOUTS,
     MAX_DENSE_BLOCK,
+    MIN_DENSE_BLOCK,
     Layout,
     edge_segments,
     identity_layout,
@@ -290,6 +291,14 @@ def _packed(
     ``forced``, ``None`` when a segment would span blocks or the blocks would be sparser than
     :data:`~pyg_mup.graph.blocks.DENSE_MIN_BLOCK_DENSITY` (then message passing runs, and
     slots would only cost copies)."""
+    if not forced and pairs.num_pairs > 0:
+        # A used block holds at most B of the pairs' distinct targets, so no packing is denser
+        # than P / (targets · B): with the smallest block allowed, this settles sparse graphs
+        # (molecules) before the segments and the layout are computed.
+        dst = pairs.pair_index[1]  # sorted: pairs are ordered by (dst, src)
+        targets = int((dst[1:] != dst[:-1]).sum()) + 1
+        if pairs.num_pairs < DENSE_MIN_BLOCK_DENSITY * targets * (block_size or MIN_DENSE_BLOCK):
+            return None
     segments = edge_segments(pairs.pair_index, num_nodes)
     largest = max(segments, default=0)
     size = block_size or packed_block_size(largest)
