@@ -349,6 +349,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--trace-dir", type=Path, help="with --profile: write DIR/<model>.json.gz Chrome traces")
     add("--device", choices=["cuda", "cpu"], help="default: cuda if available (smoke: cpu)")
     add("--threads", type=int, help="torch.set_num_threads (default: torch's; smoke: 1)")
+    add("--rounds", type=int, default=1,
+        help="time every model this many times, the order reversed each round (on a shared CPU "
+        "the model timed second runs faster); records keep the medians over rounds, and "
+        "ratios_by_round the ratios of each round (diagnostics: first round only)")  # fmt: skip
     add("--note", default="", help="free text stored in the JSON's environment")
     args = parser.parse_args(argv)
     if args.trace_dir and not args.profile:
@@ -368,6 +372,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def time_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
+    """One model's record; an error is recorded, never fatal (the next model runs)."""
+    record = dict(model=name)
+    try:
+        record.update(benchmark_model(name, data, args), status="ok")
+    except Exception as error:
+        record.update(status="error", error=common.error_text(error))
+    gc.collect()
+    if args.device.type == "cuda":
+        torch.cuda.empty_cache()
+    rate = record.get("graphs_per_s")
+    rate_note = f"{rate:.0f} graphs/s" if rate and math.isfinite(rate) else ""
+    print(f"{name}: {record['status']} {rate_note}", file=sys.stderr)
+    return record
+
+
+def merged(records: list[dict]) -> dict:
+    """One model's record over rounds: the first round's, with the medians over the rounds of
+    its rates and step times, and each round's values in ``rounds``."""
+    record = dict(records[0])
+    ok = [r for r in records if r["status"] == "ok"]
+    if len(records) > 1 and len(ok) == len(records):
+        keys = ("graphs_per_s", "graphs_per_s_excl_loader", "median_step_ms", "ms_per_step")
+        record["rounds"] = [{k: r[k] for k in keys} for r in ok]
+        record.update({k: statistics.median(r[k] for r in ok) for k in keys})
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -375,22 +407,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
     common.raise_recompile_limit()
     data = load(args)
-    env, records = environment(args, data), []
-    for name in args.models:
-        record = dict(model=name)
-        try:
-            record.update(benchmark_model(name, data, args), status="ok")
-        except Exception as error:  # recorded, never fatal: the next model runs
-            record.update(status="error", error=common.error_text(error))
-        gc.collect()
-        if args.device.type == "cuda":
-            torch.cuda.empty_cache()
-        records.append(record)
-        rate = record.get("graphs_per_s")
-        rate_note = f"{rate:.0f} graphs/s" if rate and math.isfinite(rate) else ""
-        print(f"{name}: {record['status']} {rate_note}", file=sys.stderr)
+    env, rounds = environment(args, data), []
+    for number in range(args.rounds):
+        order = args.models if number % 2 == 0 else args.models[::-1]
+        # later rounds time only: the op counts and profiles of the first stand for all
+        quiet = args if number == 0 else argparse.Namespace(**{**vars(args), "count_steps": 0,
+                                                               "profile": 0})  # fmt: skip
+        rounds.append({name: time_model(name, data, quiet) for name in order})
+        records = [merged([r[name] for r in rounds]) for name in args.models]
         ratios = add_ratios(records)
-        common.write_json(args.out, dict(environment=env, ratios=ratios, records=records))
+        by_round = [add_ratios([dict(r[name]) for name in args.models]) for r in rounds]
+        common.write_json(
+            args.out,
+            dict(environment=env, ratios=ratios, ratios_by_round=by_round, records=records),
+        )
     print(markdown(records))
     if args.profile:
         print("\n" + train_profile.profile_markdown(records))

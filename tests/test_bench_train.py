@@ -112,6 +112,26 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
     assert len(table) == len(records) + 1  # header + one line per model
 
 
+def test_rounds_reverse_the_order_and_keep_medians(tmp_path):
+    models = ["ours-local", "transformerconv"]
+    data, result = smoke(tmp_path, "--models", *models, "--rounds", "3", "--count-steps", "0")
+    order = [line.split(":")[0] for line in result.stderr.splitlines() if line.endswith("s")]
+    assert [m for m in order if m in models] == [*models, *models[::-1], *models]
+    assert len(data["ratios_by_round"]) == 3
+    for record in data["records"]:
+        rates = [r["graphs_per_s"] for r in record["rounds"]]
+        assert len(rates) == 3 and record["graphs_per_s"] == sorted(rates)[1]
+    by_round = [r["ours-local/transformerconv"] for r in data["ratios_by_round"]]
+    ours, twin = data["records"]
+    assert (
+        data["ratios"]["ours-local/transformerconv"] == ours["graphs_per_s"] / twin["graphs_per_s"]
+    )
+    assert by_round == [
+        mine["graphs_per_s"] / theirs["graphs_per_s"]
+        for mine, theirs in zip(ours["rounds"], twin["rounds"], strict=True)
+    ]
+
+
 def test_profile_records_ranges_and_top_ops(tmp_path):
     traces = tmp_path / "traces"
     models = ["ours-both", "transformerconv"]
