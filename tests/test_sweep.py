@@ -79,6 +79,23 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+def test_two_workers_of_a_seeded_sampler_suggest_different_settings(tmp_path):
+    # Sharing one seed, both workers' TPE samplers made the same first suggestions: the budget
+    # ran every setting twice.
+    spec = SweepSpec(
+        out=str(tmp_path / "sweep"),
+        settings={**TINY, "width": 16},
+        ranges={"log2_lr": [-10.0, -4.0, False]},
+        sampler="tpe",
+        trials=4,
+        workers=2,
+        plot=False,
+    )
+    report = run_sweep(spec)
+    lrs = [t["params"]["log2_lr"] for t in report["trials"] if t["state"] == "COMPLETE"]
+    assert len(lrs) >= 4 and len(set(lrs)) == len(lrs), lrs
+
+
 def test_a_killed_workers_trial_is_run_again_on_resume(tmp_path):
     spec = SweepSpec(
         out=str(tmp_path / "sweep"), settings=TINY, grid={"width": [16], "log2_lr": [-8, -6]}

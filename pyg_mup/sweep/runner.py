@@ -59,17 +59,20 @@ def storage_of(spec: SweepSpec) -> optuna.storages.BaseStorage:
     return JournalStorage(JournalFileBackend(url))
 
 
-def sampler_of(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def sampler_of(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler in local worker ``worker``. Each worker seeds its own: workers that
+    share a seed would all suggest the same settings (machines sharing a storage need
+    different ``--sampler-seed`` values for the same reason)."""
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler(spec.grid, seed=spec.sampler_seed)
     name = SAMPLERS.get(spec.sampler.lower(), spec.sampler)
     cls = getattr(optuna.samplers, name, None)
     if not isinstance(cls, type) or not issubclass(cls, optuna.samplers.BaseSampler):
         raise SweepError(f"--sampler {spec.sampler}: not an Optuna sampler (grid, tpe, random, …)")
-    return cls(seed=spec.sampler_seed)
+    return cls(seed=spec.sampler_seed + worker)
 
 
-def open_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
+def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna.Study:
     """Load the sweep's study; with ``create``, create it (and enqueue its grid) if new.
 
     Raises :class:`SweepError` if the storage holds a different sweep under the same name.
@@ -93,7 +96,9 @@ def open_study(spec: SweepSpec, create: bool = False) -> optuna.Study:
             for point in _grid_points(spec):
                 study.enqueue_trial(point)
             return study
-    study = optuna.load_study(storage=storage, study_name=spec.study_name, sampler=sampler_of(spec))
+    study = optuna.load_study(
+        storage=storage, study_name=spec.study_name, sampler=sampler_of(spec, worker)
+    )
     stored = study.user_attrs.get(SPEC)
     if stored is not None and _normalised(stored) != _normalised(identity):
         raise SweepError(
@@ -148,8 +153,8 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     else:
         context = multiprocessing.get_context("spawn")
         processes = [
-            context.Process(target=work, args=(spec.to_dict(), True), daemon=False)
-            for _ in range(spec.workers)
+            context.Process(target=work, args=(spec.to_dict(), True, worker), daemon=False)
+            for worker in range(spec.workers)
         ]
         for process in processes:
             process.start()
@@ -158,8 +163,9 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     return write_outputs(spec, open_study(spec))
 
 
-def work(spec_dict: dict[str, Any], own_process: bool = False) -> int:
-    """A worker: run trials of the sweep until none is left; returns how many it ran."""
+def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) -> int:
+    """A worker (``worker``: its index on this machine): run trials of the sweep until none is
+    left; returns how many it ran."""
     spec = SweepSpec(**spec_dict)
     if own_process:
         # Several small runs side by side use the cores better than one run with several
@@ -169,7 +175,7 @@ def work(spec_dict: dict[str, Any], own_process: bool = False) -> int:
         if hasattr(torch._dynamo.config, name):  # is compiled for several shapes per run
             setattr(torch._dynamo.config, name, 64)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
-    study = open_study(spec)
+    study = open_study(spec, worker=worker)
     done = 0
     while True:
         recover_stale(study, spec)
