@@ -10,11 +10,11 @@ from torch_geometric.typing import SparseTensor
 from torch_geometric.utils import is_sparse
 
 from pyg_mup.graph import MODES, GraphStructure
-from pyg_mup.graph.checks import check_dtype, check_edge_tensor, check_positive_int
+from pyg_mup.graph.checks import check_dtype, check_positive_int
 from pyg_mup.score_mods import ScoreMod, compose, pair_bias, sigmoid_gate
 
 from .attention import MuPFlexAttention
-from .prebuilt import check_edge_type_range, check_structure, graph_input
+from .prebuilt import check_edge_inputs, check_structure, graph_input
 from .sparse_inputs import attention_weights_like, edges_of_adj_t
 
 
@@ -241,7 +241,9 @@ class FlexGraphConv(MuPFlexAttention):
         Every learned value is materialised per attended pair (:meth:`GraphStructure.pair_values`)
         so that FlexAttention's backward never funnels many scores into one row.
         """
-        self._check_edge_inputs(structure, edge_attr, edge_type)
+        check_edge_inputs(
+            structure.edge_pair.numel(), self.edge_dim, self.num_edge_types, edge_attr, edge_type
+        )
         row_of = structure.pair_row
         gate = None
         if self.gate_type is not None or self.gate_distance is not None:
@@ -259,26 +261,6 @@ class FlexGraphConv(MuPFlexAttention):
         if edge_bias is not None or distance_bias is not None:
             bias = pair_bias(row_of, structure.pair_values(edge_bias, None, distance_bias))
         return compose(gate, bias)
-
-    def _check_edge_inputs(
-        self, structure: GraphStructure, edge_attr: Tensor | None, edge_type: Tensor | None
-    ) -> None:
-        """``edge_attr``/``edge_type`` must be given exactly when the layer uses them."""
-        num_edges = structure.edge_pair.numel()
-        if self.edge_dim is not None:
-            if edge_attr is None:
-                raise ValueError(f"edge_attr [E, {self.edge_dim}] is required: edge_dim is set")
-            check_edge_tensor(edge_attr, "edge_attr", num_edges, self.edge_dim)
-        elif edge_attr is not None:
-            raise ValueError("edge_attr was given but the layer has edge_dim=None")
-        if self.num_edge_types is not None:
-            if edge_type is None:
-                raise ValueError("edge_type [E] is required: num_edge_types is set")
-            check_edge_tensor(edge_type, "edge_type", num_edges, None, integer=True)
-            if num_edges:
-                check_edge_type_range(edge_type, self.num_edge_types)
-        elif edge_type is not None:
-            raise ValueError("edge_type was given but the layer has num_edge_types=None")
 
     def _edge_bias(self, edge_attr: Tensor | None) -> Tensor | None:
         """``[E, H]`` per-edge bias ``w_h^T a_e``, or None without ``edge_dim``."""

@@ -6,7 +6,8 @@ edges, another batch or another mode raises rather than being reused. ``torch.ex
 a structure, because building one is data-dependent (its sizes depend on the edges' values), and
 it needs the structure to be the only graph input (:func:`graph_input`): the structure becomes a
 constant of the exported program, and value checks become runtime asserts
-(:func:`check_edge_type_range`).
+(:func:`check_edge_type_range`, within :func:`check_edge_inputs`: the per-edge inputs against the
+structure's edges).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor
 from torch_geometric.typing import SparseTensor
 
 from pyg_mup.graph import GraphStructure
+from pyg_mup.graph.checks import check_edge_tensor
 
 
 def graph_input(
@@ -90,6 +92,31 @@ def check_structure(
             "edge_index was edited in place since): build one GraphStructure per batch"
         )
     structure.check_batch(batch)
+
+
+def check_edge_inputs(
+    num_edges: int,
+    edge_dim: int | None,
+    num_edge_types: int | None,
+    edge_attr: Tensor | None,
+    edge_type: Tensor | None,
+) -> None:
+    """``edge_attr`` ``[E, edge_dim]`` and ``edge_type`` ``[E]`` are given exactly when the
+    layer uses them, one row per edge of the structure (``num_edges``)."""
+    if edge_dim is not None:
+        if edge_attr is None:
+            raise ValueError(f"edge_attr [E, {edge_dim}] is required: edge_dim is set")
+        check_edge_tensor(edge_attr, "edge_attr", num_edges, edge_dim)
+    elif edge_attr is not None:
+        raise ValueError("edge_attr was given but the layer has edge_dim=None")
+    if num_edge_types is not None:
+        if edge_type is None:
+            raise ValueError("edge_type [E] is required: num_edge_types is set")
+        check_edge_tensor(edge_type, "edge_type", num_edges, None, integer=True)
+        if num_edges:
+            check_edge_type_range(edge_type, num_edge_types)
+    elif edge_type is not None:
+        raise ValueError("edge_type was given but the layer has num_edge_types=None")
 
 
 def check_edge_type_range(edge_type: Tensor, num_edge_types: int) -> None:
