@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import scatter, softmax, to_dense_batch
+from torch_geometric.utils import scatter, to_dense_batch
 
 from pyg_mup.data import load_dataset
 from pyg_mup.graph import GraphStructure
 from pyg_mup.graph.layout import Layout, pack_layout, packed_graph_starts, slot_layout
 from pyg_mup.nn import FlexGraphConv
+from pyg_mup.nn.backends import message_passing_weights
 from pyg_mup.nn.dense import dense_block_attention
 from pyg_mup.score_mods import pair_bias
 
@@ -111,23 +113,19 @@ def global_dense(sizes: Tensor, block: int, inputs: list[Tensor], bias: Tensor |
 def message_passing(
     src: Tensor, dst: Tensor, num_nodes: int, inputs: list[Tensor], score_mod, mask_mod, leaves
 ) -> Step:
-    """The layer's ``_message_passing`` over explicit pairs ``src -> dst`` (sorted by dst)."""
+    """The layer's message-passing backend (:func:`~pyg_mup.nn.backends.message_passing_weights`,
+    then the scatter of ``propagate``) over explicit pairs ``src -> dst`` (sorted by dst)."""
     query, key, value, grad = inputs
-    q_index, kv_index = dst.unsqueeze(1), src.unsqueeze(1)
-    head = torch.arange(HEADS).unsqueeze(0)
-    batch = torch.zeros_like(q_index)
+    # what the backend reads of a structure, for pairs given as they are
+    pairs = SimpleNamespace(
+        attention_pairs=(src, dst),
+        message_passing_indices=(dst.unsqueeze(1), src.unsqueeze(1)),
+        pair_row=None,
+        seq_dst=num_nodes,
+    )
 
     def attention() -> Tensor:
-        score = (query.index_select(0, dst) * key.index_select(0, src)).sum(dim=-1) * SCALE
-        if score_mod is not None:
-            score = score_mod(score, batch, head, q_index, kv_index)
-        keep = None
-        if mask_mod is not None:
-            keep = mask_mod(batch, head, q_index, kv_index).expand_as(score)
-            score = score.masked_fill(~keep, torch.finfo(score.dtype).min)
-        alpha = softmax(score, dst, num_nodes=num_nodes)
-        if keep is not None:
-            alpha = alpha * keep
+        alpha = message_passing_weights(query, key, pairs, score_mod, mask_mod, SCALE)
         message = value.index_select(0, src) * alpha.unsqueeze(-1)
         return scatter(message, dst, dim=0, dim_size=num_nodes, reduce="sum")
 
