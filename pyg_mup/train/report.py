@@ -74,11 +74,18 @@ class Report:
             f"{where}"
         )
 
+    @property
+    def built_width(self) -> int:
+        """The width the model was built at (``--match-parameters`` widens the baseline)."""
+        return getattr(self.model, "width", self.config.width)
+
     def _width(self) -> str:
-        built = getattr(self.model, "width", self.config.width)
-        if built == self.config.width:
-            return str(built)
-        return f"{built} (--match-parameters: the GraphTransformer's size at {self.config.width})"
+        if self.built_width == self.config.width:
+            return str(self.built_width)
+        return (
+            f"{self.built_width} (--match-parameters: the GraphTransformer's size at "
+            f"{self.config.width})"
+        )
 
     def already_trained(self, progress: Progress) -> None:
         """The line of a ``--resume`` of a run that has trained all its epochs."""
@@ -134,7 +141,7 @@ class Report:
             "num_params": count_parameters(self.model),
             "mup": c.mup,
             "width": c.width,
-            "model_width": getattr(self.model, "width", c.width),
+            "model_width": self.built_width,
             "base_width": c.base_width if c.mup else None,
             "layers": c.layers,
             "heads": c.heads,
