@@ -81,7 +81,6 @@ def common_settings(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "warmup_steps": 20,
         "device": args.device,
-        "eval_every": 1,
     }
     optional = {"root": args.root, "cache_dir": args.cache_dir, "max_samples": args.max_samples}
     return {**settings, **{k: v for k, v in optional.items() if v is not None}}
@@ -106,7 +105,9 @@ def tune(args: argparse.Namespace, dataset: str, model: str, out: Path) -> dict[
 def train_wide(args: argparse.Namespace, recipe: dict[str, Any], out: Path) -> list[dict]:
     """The recipe unchanged at ``--width``, one run per seed; their summaries."""
     settings = {**common_settings(args, recipe["dataset"]), **recipe_values(recipe)}
-    settings["width"] = args.width
+    # every epoch evaluated: OGB's number is the test metric at the best validation epoch (a
+    # tuning trial is judged after its last epoch only, the sweep's default)
+    settings.update(width=args.width, eval_every=1)
     spec = SweepSpec(
         out=str(out / "final"),
         settings=settings,
