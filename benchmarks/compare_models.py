@@ -98,8 +98,13 @@ def tune(args: argparse.Namespace, dataset: str, model: str, out: Path) -> dict[
         workers=args.workers,
         plot=False,
     )
-    run_sweep(spec)
-    return load_recipe(out / "tune" / "recipe.json")
+    report = run_sweep(spec)
+    recipe = out / "tune" / "recipe.json"
+    if not recipe.exists():
+        errors = [t["error"] or t["message"] for t in report["trials"] if t["state"] != "COMPLETE"]
+        first = f"; the first error: {errors[0]}" if errors else ""
+        raise SystemExit(f"{dataset} {model}: no tuning trial finished with a metric{first}")
+    return load_recipe(recipe)
 
 
 def train_wide(args: argparse.Namespace, recipe: dict[str, Any], out: Path) -> list[dict]:

@@ -12,7 +12,6 @@ over all its graphs, by ``ogb``'s Evaluator.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +37,20 @@ def epoch_order(indices: Tensor, seed: int, epoch: int) -> Tensor:
 
 
 def global_batches(order: Tensor, batch_size: int) -> list[Tensor]:
-    return list(order.split(batch_size))
+    """``order`` cut into batches of ``batch_size``; a last batch of a single item joins the one
+    before it. Batch-statistics layers (the GINE baseline's BatchNorm) cannot train on one
+    graph, and dropping it would skip a graph every epoch (ogbg-molfreesolv: 513 = 8 · 64 + 1)."""
+    batches = list(order.split(batch_size))
+    if batch_size > 1 and len(batches) > 1 and batches[-1].numel() == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def num_global_batches(num_items: int, batch_size: int) -> int:
+    """``len(global_batches(...))`` of ``num_items`` items, without building them."""
+    full, rest = divmod(num_items, batch_size)
+    joins_previous = batch_size > 1 and rest == 1 and full > 0
+    return full + int(rest > 0 and not joins_previous)
 
 
 def shard(indices: Tensor, dist: Dist) -> Tensor:
@@ -157,7 +169,7 @@ class GraphWorkload(_Workload):
         self.placeholder = self.collate([self.example])
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_train / self.batch_size)
+        return num_global_batches(self.num_train, self.batch_size)
 
     def y_train(self) -> Tensor:
         return self.dataset.y[self.split["train"]]
@@ -296,7 +308,7 @@ class NodeWorkload(_Workload):
     def steps_per_epoch(self) -> int:
         if self.mode == "full":
             return 1
-        return math.ceil(self.num_train / self.batch_size)
+        return num_global_batches(self.num_train, self.batch_size)
 
     def y_train(self) -> Tensor:
         return self.graph.y[self.split["train"]]
