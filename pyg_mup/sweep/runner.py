@@ -100,6 +100,8 @@ def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna
         storage=storage, study_name=spec.study_name, sampler=sampler_of(spec, worker)
     )
     stored = study.user_attrs.get(SPEC)
+    if stored is not None:
+        stored = {k: v for k, v in stored.items() if k in identity}  # older studies kept "trials"
     if stored is not None and _normalised(stored) != _normalised(identity):
         raise SweepError(
             f"the storage already holds a different sweep named {spec.study_name!r}; use the "

@@ -137,8 +137,9 @@ class SweepSpec:
         return asdict(self)
 
     def sweep_identity(self) -> dict[str, Any]:
-        """What makes two invocations the same sweep (not where or how many workers)."""
-        keys = ("settings", "grid", "ranges", "sampler", "trials", "sampler_seed")
+        """What makes two invocations the same sweep: not where, how many workers, nor the
+        trial budget (a larger ``--trials`` extends a finished tuning study)."""
+        keys = ("settings", "grid", "ranges", "sampler", "sampler_seed")
         return {k: v for k, v in self.to_dict().items() if k in keys}
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
