@@ -174,3 +174,22 @@ def test_bad_sweeps_fail_in_one_line(tmp_path, capsys):
     open_study(spec, create=True)
     with pytest.raises(SweepError, match="holds a different sweep"):
         open_study(SweepSpec(out=out, settings=TINY, grid={"log2_lr": [-6]}))
+
+
+def test_a_larger_budget_extends_a_finished_tuning_study(tmp_path):
+    def spec(trials: int) -> SweepSpec:
+        return SweepSpec(
+            out=str(tmp_path / "sweep"),
+            settings={**TINY, "width": 16},
+            ranges={"log2_lr": [-10.0, -4.0, False]},
+            sampler="random",
+            trials=trials,
+            plot=False,
+        )
+
+    first = run_sweep(spec(2))
+    extended = run_sweep(spec(3))
+    assert len(points(first)) == 2 and len(points(extended)) == 3
+    assert set(points(first)) < set(points(extended))
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        open_study(SweepSpec(**{**spec(3).to_dict(), "sampler": "tpe"}))

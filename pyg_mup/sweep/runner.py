@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
@@ -59,17 +60,23 @@ def storage_of(spec: SweepSpec) -> optuna.storages.BaseStorage:
     return JournalStorage(JournalFileBackend(url))
 
 
-def sampler_of(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler in local worker ``worker``. Each worker seeds its own: workers that
-    share a seed would all suggest the same settings (machines sharing a storage need
-    different ``--sampler-seed`` values for the same reason)."""
+def sampler_of(
+    spec: SweepSpec, worker: int = 0, trials_before: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler in local worker ``worker``, opened when the study held
+    ``trials_before`` trials. Each worker seeds its own: workers that share a seed would all
+    suggest the same settings (machines sharing a storage need different ``--sampler-seed``
+    values for the same reason), and so would a resumed study repeat its first suggestions."""
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler(spec.grid, seed=spec.sampler_seed)
     name = SAMPLERS.get(spec.sampler.lower(), spec.sampler)
     cls = getattr(optuna.samplers, name, None)
     if not isinstance(cls, type) or not issubclass(cls, optuna.samplers.BaseSampler):
         raise SweepError(f"--sampler {spec.sampler}: not an Optuna sampler (grid, tpe, random, …)")
-    return cls(seed=spec.sampler_seed + worker)
+    seed = spec.sampler_seed + worker
+    if trials_before:
+        seed = int(np.random.SeedSequence([seed, trials_before]).generate_state(1)[0])
+    return cls(seed=seed)
 
 
 def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna.Study:
@@ -96,9 +103,9 @@ def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna
             for point in _grid_points(spec):
                 study.enqueue_trial(point)
             return study
-    study = optuna.load_study(
-        storage=storage, study_name=spec.study_name, sampler=sampler_of(spec, worker)
-    )
+    study = optuna.load_study(storage=storage, study_name=spec.study_name)
+    trials_before = 0 if spec.sampler == "grid" else len(study.get_trials(deepcopy=False))
+    study.sampler = sampler_of(spec, worker, trials_before)
     stored = study.user_attrs.get(SPEC)
     if stored is not None:
         stored = {k: v for k, v in stored.items() if k in identity}  # older studies kept "trials"
