@@ -31,8 +31,9 @@ latter each a host sync on CUDA, overall and by phase), and ``--profile N`` step
 ``torch.profiler`` with ranges per phase and per attention kind (``train_profile``: device busy
 share, device ops — kernels — per step, syncs on CUDA); ``--trace-dir DIR`` writes their Chrome
 traces. A model that fails is recorded with its error and the next one runs; the JSON is
-rewritten after each. No CUDA graphs: batches change node counts, so a graph per bucket of
-padded sizes (and padded structures) would be needed first.
+rewritten after each. ``--compile`` wraps every model in ``torch.compile(dynamic=True)`` (the
+warm-up steps take its compiles). No CUDA graphs: batches change node counts, so a graph per
+bucket of padded sizes (and padded structures) would be needed first.
 
 Usage (from the repository root; ``--root`` holds ``ogbg_molhiv/`` in OGB's layout)::
 
@@ -171,6 +172,9 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     specs = feature_specs(args.dataset, example.x, example.edge_attr)
     torch.manual_seed(args.seed)
     model = train_models.build_model(name, data.task.out_channels, specs, args).to(device).train()
+    # one graph of kernels per shape bucket instead of one launch per op: the lever on a step
+    # bound by the host (dynamic: batches change node counts; warm-up steps take the compiles)
+    forward_model = torch.compile(model, dynamic=True) if args.compile else model
     # fused: torch's default AdamW reads its step counters on the host every step
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
     objective = Objective(data.task, data.dataset.y[data.split_idx["train"]])
@@ -186,7 +190,7 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
         with phase("batch_to_device"):
             batch, structures = unpack(item.to(device, non_blocking=True))
         with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = train_models.forward(model, batch, structures)
+            pred = train_models.forward(forward_model, batch, structures)
         with phase("loss"):
             loss_sum, count = objective.loss_terms(pred.float(), batch.y)
             loss = loss_sum / count.clamp(min=1)
@@ -297,7 +301,8 @@ def environment(args: argparse.Namespace, data: OGBData) -> dict:
     return common.environment(
         args.device, note=args.note, ogb=ogb.__version__, smoke=args.smoke,
         dataset=args.dataset, train_graphs=int(data.split_idx["train"].numel()),
-        dtype=args.dtype, float32_matmul_precision=torch.get_float32_matmul_precision(),
+        dtype=args.dtype, compile=args.compile,
+        float32_matmul_precision=torch.get_float32_matmul_precision(),
         width=args.width, layers=args.layers, heads=args.heads, edge_channels=EDGE_CHANNELS,
         batch_size=args.batch_size, lr=args.lr, optimizer="AdamW(fused=True)", seed=args.seed,
         warmup_steps=args.warmup_steps, max_steps=args.max_steps, num_workers=args.num_workers,
@@ -322,6 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bfloat16 (default; smoke: float32): torch.autocast around the forward pass, "
         "float32 weights")  # fmt: skip
     add("--tf32", action="store_true", help="let float32 matmuls use TF32 (default: exact)")
+    add("--compile", action="store_true",
+        help="torch.compile every model (dynamic shapes; compiles in the warm-up)")  # fmt: skip
     add("--width", type=int, default=256)
     add("--layers", type=int, default=4)
     add("--heads", type=int, default=8)

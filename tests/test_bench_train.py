@@ -132,6 +132,16 @@ def test_rounds_reverse_the_order_and_keep_medians(tmp_path):
     ]
 
 
+@pytest.mark.slow
+def test_compile_trains_our_model_compiled(tmp_path):
+    data, _ = smoke(tmp_path, "--compile", "--models", "ours-both", "--count-steps", "0")
+    (record,) = data["records"]
+    assert data["environment"]["compile"] is True
+    assert record["status"] == "ok", record.get("error")
+    assert record["compiles_warmup"] > 0  # the model went through dynamo
+    assert math.isfinite(record["final_loss"]) and record["graphs_per_s"] > 0
+
+
 def test_profile_records_ranges_and_top_ops(tmp_path):
     traces = tmp_path / "traces"
     models = ["ours-both", "transformerconv"]
