@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The shipped dataset's recipe (tuned by `pyg-mup sweep` at width 64, 3 layers: benchmarks/README.md),
-# applied at width 128; `make train RECIPE= ARGS="..."` trains with the plain defaults instead.
+# The shipped dataset's recipe (tuned at width 64 and 3 layers by benchmarks/compare_models.py's
+# sweep, benchmarks/README.md), applied at width 128; `make train RECIPE= ARGS="..."` trains with
+# the plain defaults instead.
 RECIPE ?= pyg_mup/recipes/ogbg-molesol.json
 TRAIN_SHAPE ?= --width 128 --layers 3
 
