@@ -36,7 +36,7 @@ LOCAL_LAYERS = ["TransformerConv", "TransformerConv+edge", "GATv2Conv", "naive-f
 LOCAL_LAYERS += ["ours-local", "ours-local+edge", "ours-local+rcm", "ours-local+mp"]
 LOCAL_LAYERS += ["ours-local+edge+mp"]
 GLOBAL_LAYERS = ["dense-MHA", "naive-flex-global", "ours-global", "ours-global+edge"]
-GLOBAL_LAYERS += ["ours-global+pack", "ours-global+auto"]
+GLOBAL_LAYERS += ["ours-global+pack", "ours-global+auto", "ours-global+nobias"]
 SMOKE_CASES = ["molhiv-16/*", "molhiv-batches/*", "*/TransformerConv/*", "arxiv-random/ours-*"]
 SMOKE_CASES += ["density-1in8/ours-local*"]
 

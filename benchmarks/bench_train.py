@@ -30,10 +30,12 @@ under :class:`pyg_mup.profiling.OpCounter` (dispatched ops and data-dependent op
 latter each a host sync on CUDA, overall and by phase), and ``--profile N`` steps under
 ``torch.profiler`` with ranges per phase and per attention kind (``train_profile``: device busy
 share, device ops — kernels — per step, syncs on CUDA); ``--trace-dir DIR`` writes their Chrome
-traces. A model that fails is recorded with its error and the next one runs; the JSON is
-rewritten after each. ``--compile`` wraps every model in ``torch.compile(dynamic=True)`` (the
-warm-up steps take its compiles). No CUDA graphs: batches change node counts, so a graph per
-bucket of padded sizes (and padded structures) would be needed first.
+traces; ``--cuda-graph-steps N`` times the first batch's step eager and as a replayed CUDA graph
+(``train_profile.cuda_graph_replay``). A model that fails is recorded with its error and the
+next one runs; the JSON is rewritten after each. ``--compile`` wraps every model in
+``torch.compile(dynamic=True)`` (the warm-up steps take its compiles). No CUDA graphs in the
+timed pass: batches change node counts, so a graph per bucket of padded sizes (and padded
+structures) would be needed first.
 
 Usage (from the repository root; ``--root`` holds ``ogbg_molhiv/`` in OGB's layout)::
 
@@ -175,33 +177,39 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     # one graph of kernels per shape bucket instead of one launch per op: the lever on a step
     # bound by the host (dynamic: batches change node counts; warm-up steps take the compiles)
     forward_model = torch.compile(model, dynamic=True) if args.compile else model
-    # fused: torch's default AdamW reads its step counters on the host every step
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
     objective = Objective(data.task, data.dataset.y[data.split_idx["train"]])
     bf16 = args.dtype == "bfloat16"
 
-    def step(
-        item: StructuredBatch | Batch,
-        phase: Callable[[str], contextlib.AbstractContextManager] = no_range,
-    ) -> Tensor:
-        """One training step; ``phase`` opens a named range around each part (``--profile``
-        passes ``record_function``; the timed passes keep the no-op default). Zeroing the
-        gradients stays before the backward, as timed: ``optimizer`` is two ranges a step."""
-        with phase("batch_to_device"):
-            batch, structures = unpack(item.to(device, non_blocking=True))
-        with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = train_models.forward(forward_model, batch, structures)
-        with phase("loss"):
-            loss_sum, count = objective.loss_terms(pred.float(), batch.y)
-            loss = loss_sum / count.clamp(min=1)
-        with phase("optimizer"):
-            optimizer.zero_grad(set_to_none=True)
-        with phase("backward"):
-            loss.backward()
-        with phase("optimizer"):
-            optimizer.step()
-        return loss.detach()
+    def make_step(optimizer: torch.optim.Optimizer) -> Callable[..., Tensor]:
+        """The training step of ``forward_model`` with ``optimizer``."""
 
+        def step(
+            item: StructuredBatch | Batch,
+            phase: Callable[[str], contextlib.AbstractContextManager] = no_range,
+        ) -> Tensor:
+            """One training step; ``phase`` opens a named range around each part
+            (``--profile`` passes ``record_function``; the timed passes keep the no-op default).
+            Zeroing the gradients stays before the backward, as timed: ``optimizer`` is two
+            ranges a step."""
+            with phase("batch_to_device"):
+                batch, structures = unpack(item.to(device, non_blocking=True))
+            with phase("forward"), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                pred = train_models.forward(forward_model, batch, structures)
+            with phase("loss"):
+                loss_sum, count = objective.loss_terms(pred.float(), batch.y)
+                loss = loss_sum / count.clamp(min=1)
+            with phase("optimizer"):
+                optimizer.zero_grad(set_to_none=True)
+            with phase("backward"):
+                loss.backward()
+            with phase("optimizer"):
+                optimizer.step()
+            return loss.detach()
+
+        return step
+
+    # fused: torch's default AdamW reads its step counters on the host every step
+    step = make_step(torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True))
     loader = train_loader(data, args, train_models.collater(model, device))
     record = dict(params=sum(p.numel() for p in model.parameters()), width=model.head.in_features)
     record.update(collate_costs(loader, args))
@@ -233,6 +241,15 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     if args.count_steps:
         record["ops"] = diagnostic(
             lambda: train_profile.count_ops(step, loader, args.count_steps, STRUCTURE_CALLS)
+        )
+    if args.cuda_graph_steps:
+        # capturable: the step counters stay on the device, so the optimizer step replays
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True, capturable=True)
+        first = loader.collate_fn([loader.dataset[i] for i in range(args.batch_size)])
+        record["cuda_graph"] = diagnostic(
+            lambda: train_profile.cuda_graph_replay(
+                make_step(optimizer), first, device, args.cuda_graph_steps
+            )
         )
     if args.profile:
         trace = args.trace_dir / f"{name}.json.gz" if args.trace_dir else None
@@ -308,6 +325,7 @@ def environment(args: argparse.Namespace, data: OGBData) -> dict:
         warmup_steps=args.warmup_steps, max_steps=args.max_steps, num_workers=args.num_workers,
         pin_memory=args.device.type == "cuda", collate_batches=args.collate_batches,
         count_steps=args.count_steps, profile_steps=args.profile,
+        cuda_graph_steps=args.cuda_graph_steps,
     )  # fmt: skip
 
 
@@ -353,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--profile", type=int, default=0, metavar="N",
         help="after each timed pass, N steps under torch.profiler (default 0: none)")  # fmt: skip
+    add("--cuda-graph-steps", type=int, default=0, metavar="N",
+        help="after each timed pass, the first batch's step N times eager and N times replayed "
+        "as one captured CUDA graph: the ceiling of CUDA graphs (default 0: none)")  # fmt: skip
     add("--trace-dir", type=Path, help="with --profile: write DIR/<model>.json.gz Chrome traces")
     add("--device", choices=["cuda", "cpu"], help="default: cuda if available (smoke: cpu)")
     add("--threads", type=int, help="torch.set_num_threads (default: torch's; smoke: 1)")

@@ -22,6 +22,8 @@ DENSE_MASK_PAIRS = 2**32  # create_block_mask materialises N×N masks: ≈ 11 by
 LAYOUTS = {"+rcm": "rcm", "+pack": "pack"}  # suffix -> GraphStructure.build(layout=...)
 MESSAGE_PASSING = "+mp"  # suffix: ours on the message-passing backend (what 'auto' picks when
 # the blocks are sparse) instead of FlexAttention
+NO_PAIR_BIAS = "+nobias"  # suffix: global mode without the learned no-edge bias, so no
+# per-pair table (nor its gradient) reaches the kernels: the ablation of what that table costs
 AUTO = "+auto"  # suffix: ours as a model runs it: backend='auto' on a structure built with
 # GraphStructure.build's defaults for the device (on the CPU: the dense backend, global mode)
 
@@ -171,6 +173,8 @@ def make_layer(layer: str, graph: Graph, args) -> tuple[nn.Module, nn.Module | N
     auto = layer.endswith(AUTO)
     backend = "auto" if auto else "message_passing" if layer.endswith(MESSAGE_PASSING) else "flex"
     conv = FlexGraphConv(width, channels, heads, mode=mode, edge_dim=edge_dim, backend=backend)
+    if NO_PAIR_BIAS in layer:
+        conv.no_edge_bias = None
     reference = copy.deepcopy(conv)
     reference.backend = "message_passing"
     if layer.startswith("naive"):

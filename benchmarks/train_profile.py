@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +20,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, record_function
 from torch_geometric.data import Batch
 
-from benchmarks.common import compiled_graphs, fmt, sync, table
+from benchmarks.common import compiled_graphs, fmt, iteration_ms, sync, table
+from benchmarks.train_models import unpack
 from pyg_mup.profiling import OpCounter
 
 Calls = list[tuple[object, str, str]]  # (owner, attribute, name) of calls to wrap
@@ -157,6 +159,35 @@ def profile_steps(
     busy = profile["device_busy_ms_per_step"]
     profile["device_busy_fraction"] = busy / wall_ms if busy is not None else None
     return profile
+
+
+def cuda_graph_replay(
+    step: Callable[..., Tensor], item: object, device: torch.device, iters: int
+) -> dict:
+    """What CUDA graphs could give the step: one batch's step timed eager, then captured as one
+    CUDA graph and replayed, median ms of ``iters`` each. The replay launches the captured
+    kernels with no host work per op, so it is the step's ceiling, not a training loop: a graph
+    replays fixed shapes and addresses, and batches change node counts, so training with graphs
+    needs every batch tensor, structures included, padded to a few bucket sizes first. ``step``
+    must use a capturable optimizer; a step with a host sync fails the capture (the error names
+    the op)."""
+    if device.type != "cuda":
+        return dict(error="CUDA graphs need a CUDA device")
+    item = item.to(device)
+    graphs = unpack(item)[0].num_graphs
+    side = torch.cuda.Stream()  # warm-up off the default stream, as graph capture requires
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(item)
+    torch.cuda.current_stream().wait_stream(side)
+    eager_ms = statistics.median(iteration_ms(lambda: step(item), device, iters))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(item)
+    graph_ms = statistics.median(iteration_ms(graph.replay, device, iters))
+    return dict(batch_graphs=graphs, eager_ms=eager_ms, graph_ms=graph_ms,
+                speedup=eager_ms / graph_ms, graphs_per_s=graphs / graph_ms * 1e3)  # fmt: skip
 
 
 def summarize(events: list, steps: int, cuda: bool) -> dict:

@@ -56,7 +56,7 @@ def smoke(tmp_path: Path, *options: str) -> tuple[dict, subprocess.CompletedProc
 
 
 def test_smoke_run_writes_well_formed_json(tmp_path):
-    data, result = smoke(tmp_path)
+    data, result = smoke(tmp_path, "--cuda-graph-steps", "2")
     env, records = data["environment"], data["records"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["smoke"]
     assert env["dataset"] == "ogbg-molesol"
@@ -74,6 +74,8 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         assert record["compiles_warmup"] >= 0 and record["compiles_timed"] >= 0
         assert record["steps_per_s"] == pytest.approx(record["steps"] / record["epoch_s"])
         assert "profile" not in record  # profiling only on request
+        # the replayed-graph ceiling is measured on CUDA only; elsewhere it says why not
+        assert record["cuda_graph"] == {"error": "CUDA graphs need a CUDA device"}
         ops = record["ops"]  # one step under OpCounter (the smoke default)
         assert ops["steps"] == 1 and ops["ops_per_step"] > 0
         assert sum(ops["data_dependent_ops"].values()) == ops["data_dependent_per_step"]
@@ -102,6 +104,7 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
     }
     assert by_model["ours-both"]["backends"]["global"]["block_density"] == 1.0
     assert env["optimizer"] == "AdamW(fused=True)" and env["collate_batches"] == 2
+    assert env["cuda_graph_steps"] == 2
     assert set(data["ratios"]) == RATIOS and all(r > 0 for r in data["ratios"].values())
     for ours, peer in (("ours-both", "gps"), ("ours-local", "transformerconv")):
         assert by_model[ours]["ratio_to_peer_median_step"] == pytest.approx(
