@@ -118,6 +118,15 @@ def test_a_killed_workers_trial_is_run_again_on_resume(tmp_path):
     assert points(report) == [(16, -8), (16, -6)]
 
 
+def test_a_one_point_grid_runs(tmp_path):
+    # Optuna's GridSampler stops a study when its last unvisited point finishes, reading a grid
+    # id that only trials it was asked for carry; ours are enqueued (a one-point grid raised
+    # KeyError: 'grid_id' as its only trial finished).
+    spec = SweepSpec(out=str(tmp_path / "sweep"), settings=TINY, grid={"log2_lr": [-8]})
+    (trial,) = run_sweep(spec)["trials"]
+    assert trial["state"] == "COMPLETE" and math.isfinite(trial["value"])
+
+
 def test_diverged_trials_are_recorded_not_dropped(tmp_path):
     settings = {**TINY, "batch_size": 8, "clip_grad": 0.0}
     spec = SweepSpec(out=str(tmp_path / "sweep"), settings=settings, grid={"log2_lr": [-8, 40]})

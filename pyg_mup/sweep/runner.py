@@ -60,6 +60,17 @@ def storage_of(spec: SweepSpec) -> optuna.storages.BaseStorage:
     return JournalStorage(JournalFileBackend(url))
 
 
+class EnqueuedGridSampler(optuna.samplers.GridSampler):
+    """Optuna's ``GridSampler`` for a grid whose points are all enqueued when the study is made
+    and claimed by workers (:func:`claim_waiting`), never asked for. Its ``after_trial`` stops
+    the study as the last unvisited point finishes, reading a grid id that only asked trials
+    carry (a one-point grid raised ``KeyError: 'grid_id'``); workers here stop by themselves
+    when no point waits, so that bookkeeping is skipped."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 def sampler_of(
     spec: SweepSpec, worker: int = 0, trials_before: int = 0
 ) -> optuna.samplers.BaseSampler:
@@ -68,7 +79,7 @@ def sampler_of(
     suggest the same settings (machines sharing a storage need different ``--sampler-seed``
     values for the same reason), and so would a resumed study repeat its first suggestions."""
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(spec.grid, seed=spec.sampler_seed)
+        return EnqueuedGridSampler(spec.grid, seed=spec.sampler_seed)
     name = SAMPLERS.get(spec.sampler.lower(), spec.sampler)
     cls = getattr(optuna.samplers, name, None)
     if not isinstance(cls, type) or not issubclass(cls, optuna.samplers.BaseSampler):
