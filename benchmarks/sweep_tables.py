@@ -5,6 +5,9 @@ For each parametrization (or ``--by`` setting) and width (or number of layers), 
 training loss and validation metric of every log2 lr, the best lr of each, and the best values.
 
     python benchmarks/sweep_tables.py benchmarks/results/sweeps_h200/esol_width/trials.json
+
+``--plot DIR`` draws the trials of all the files given (sweeps of one dataset run apart, e.g. μP
+and SP, or widths and depths) on one pair of transfer figures (``pyg-mup sweep``'s own).
 """
 
 from __future__ import annotations
@@ -71,12 +74,28 @@ def main() -> None:
     parser.add_argument(
         "--by", default="parametrization", help="the setting of each row (zero_query, ...)"
     )
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="figures of all the trials")
     args = parser.parse_args()
-    for path in args.trials:
-        report = json.loads(path.read_text())
+    reports = [json.loads(path.read_text()) for path in args.trials]
+    for path, report in zip(args.trials, reports, strict=True):
         axis = args.axis or ("layers" if "layers" in report["grid"] else "width")
         print(f"### {path.parent.name} ({report['dataset']}, by {axis})\n")
         print(table(report, axis, args.by) + "\n")
+    if args.plot:
+        for path in plot_together(reports, args.plot):
+            print(f"wrote {path}")
+
+
+def plot_together(reports: list[dict], out: Path) -> list[Path]:
+    """The transfer figures of the trials of ``reports`` (one dataset) drawn together."""
+    from pyg_mup.sweep.report import plot_transfer
+
+    datasets = {report["dataset"] for report in reports}
+    if len(datasets) != 1:
+        raise SystemExit(f"--plot: the sweeps must share one dataset, got {sorted(datasets)}")
+    merged = {**reports[0], "trials": [t for report in reports for t in report["trials"]]}
+    out.mkdir(parents=True, exist_ok=True)
+    return plot_transfer(merged, out)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
     """Write transfer_width.png (and transfer_depth.png when layers vary); returns the paths."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+    from matplotlib.ticker import MaxNLocator
 
     trials = [t for t in report["trials"] if t["config"] is not None]
     if not trials:
@@ -143,6 +144,7 @@ def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
                     axes[row][col].plot(xs, ys, marker=".", color=colours(i), label=f"{by} {value}")
             axes[0][col].set_title("μP" if mup else "SP")
             axes[1][col].set_xlabel("log2 learning rate")
+            axes[1][col].xaxis.set_major_locator(MaxNLocator(integer=True))  # lrs are 2^k
         steps = sorted({t["steps"] for t in trials if t["steps"]})
         axes[0][0].set_ylabel(
             f"training loss (mean over the last epoch, {trials[0]['steps_per_epoch']} steps)"
