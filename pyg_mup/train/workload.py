@@ -36,21 +36,26 @@ def epoch_order(indices: Tensor, seed: int, epoch: int) -> Tensor:
     return indices[torch.randperm(indices.numel(), generator=generator)]
 
 
+def batch_sizes(num_items: int, batch_size: int) -> list[int]:
+    """The sizes ``num_items`` items are cut into: ``batch_size`` each, the rest last; a last
+    batch of a single item joins the one before it. Batch-statistics layers (the GINE baseline's
+    BatchNorm) cannot train on one graph, and dropping it would skip a graph every epoch
+    (ogbg-molfreesolv: 513 = 8 · 64 + 1)."""
+    full, rest = divmod(num_items, batch_size)
+    sizes = [batch_size] * full + ([rest] if rest else [])
+    if batch_size > 1 and len(sizes) > 1 and sizes[-1] == 1:
+        sizes[-2:] = [batch_size + 1]
+    return sizes
+
+
 def global_batches(order: Tensor, batch_size: int) -> list[Tensor]:
-    """``order`` cut into batches of ``batch_size``; a last batch of a single item joins the one
-    before it. Batch-statistics layers (the GINE baseline's BatchNorm) cannot train on one
-    graph, and dropping it would skip a graph every epoch (ogbg-molfreesolv: 513 = 8 · 64 + 1)."""
-    batches = list(order.split(batch_size))
-    if batch_size > 1 and len(batches) > 1 and batches[-1].numel() == 1:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    return batches
+    """``order`` cut into batches of :func:`batch_sizes`."""
+    return list(order.split(batch_sizes(order.numel(), batch_size)))
 
 
 def num_global_batches(num_items: int, batch_size: int) -> int:
     """``len(global_batches(...))`` of ``num_items`` items, without building them."""
-    full, rest = divmod(num_items, batch_size)
-    joins_previous = batch_size > 1 and rest == 1 and full > 0
-    return full + int(rest > 0 and not joins_previous)
+    return len(batch_sizes(num_items, batch_size))
 
 
 def shard(indices: Tensor, dist: Dist) -> Tensor:
