@@ -288,7 +288,7 @@ def markdown(records: list[dict]) -> str:
     """One table line per model."""
     columns = ["model", "params:", "steps/s:", "graphs/s:", "excl. loader:", "ms/step:"]
     columns += ["median ms:", "build in step:", "collate ms:", "of it build ms:", "ops/step:"]
-    columns += ["data-dep./step:", "in optimizer:", "peak MB:"]
+    columns += ["data-dep./step:", "in optimizer:", "peak MB:", "graph replay ms:"]
     rows = []
     for r in records:
         peer = ""
@@ -307,7 +307,8 @@ def markdown(records: list[dict]) -> str:
             fmt(r.get("structure_build_ms_per_batch"), ".1f"),
             fmt(ops.get("ops_per_step"), ".0f"), fmt(ops.get("data_dependent_per_step"), ".1f"),
             fmt(by_phase.get("optimizer"), ".1f"), fmt(r.get("peak_mb"), ".0f"),
-            compiles, peer, r["status"] + error,
+            fmt(r.get("cuda_graph", {}).get("graph_ms"), ".2f"), compiles, peer,
+            r["status"] + error,
         ])  # fmt: skip
     return common.table([*columns, "compiles warm-up/timed:", "vs peer", "status"], rows)
 
