@@ -60,75 +60,29 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader as PygDataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import common, train_models, train_profile  # noqa: E402
-from benchmarks.common import fmt  # noqa: E402
+from benchmarks.train_data import collate_costs, load, train_loader  # noqa: E402
 from benchmarks.train_models import (  # noqa: E402
     EDGE_CHANNELS,
-    HOP_DISTANCE,
     MODELS,
-    PEERS,
     STRUCTURE_CALLS,
     unpack,
 )
 from benchmarks.train_profile import Calls, around, clock, no_range, shadowed  # noqa: E402
-from pyg_mup.data import OGBData, load_dataset  # noqa: E402
-from pyg_mup.graph import AddHopDistance, StructureCollater, StructuredBatch  # noqa: E402
+from benchmarks.train_records import add_ratios, markdown, merged  # noqa: E402
+from pyg_mup.data import OGBData  # noqa: E402
+from pyg_mup.graph import StructuredBatch  # noqa: E402
 from pyg_mup.models.encoders import feature_specs  # noqa: E402
 from pyg_mup.train.objective import Objective  # noqa: E402
 
 SMOKE_DATASET = "ogbg-molesol"  # shipped with the package: the smoke run needs no data folder
 
 
-# ---------------------------------------------------------------------------------------- data
-def load(args: argparse.Namespace) -> OGBData:
-    """The dataset through :func:`pyg_mup.data.load_dataset` (the real ``ogb`` path), with hop
-    distances stored per graph when a model attends globally."""
-    attends_globally = any(name != "ours-local" and name.startswith("ours") for name in args.models)
-    transform = AddHopDistance() if attends_globally else None
-    return load_dataset(args.dataset, args.root, args.cache_dir, pre_transform=transform)
-
-
-def train_loader(data: OGBData, args: argparse.Namespace, collate: Callable | None) -> DataLoader:
-    """The train split, shuffled by a generator seeded with ``--seed``: every model (and every
-    pass) sees the same batches in the same order. Ours: torch's ``DataLoader`` with
-    ``collate`` (:func:`train_models.collater`, building the structures in the workers); the
-    peers: PyG's ``DataLoader``. Pinned on CUDA; workers persist across the passes."""
-    train = data.dataset[data.split_idx["train"]]
-    options = dict(
-        batch_size=args.batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(args.seed), num_workers=args.num_workers,
-        pin_memory=args.device.type == "cuda", persistent_workers=args.num_workers > 0,
-    )  # fmt: skip
-    if collate is None:
-        return PygDataLoader(train, exclude_keys=[HOP_DISTANCE], **options)
-    return DataLoader(train, collate_fn=collate, **options)
-
-
-def collate_costs(loader: DataLoader, args: argparse.Namespace) -> dict:
-    """Host ms per batch of the loader's collate (outside the step; in the workers when
-    ``--num-workers`` > 0), median over the first ``--collate-batches`` batches of a shuffled
-    order, timed here in the main process: the whole collate (PyG's ``Batch``, plus ours'
-    structures) and ours' structure build alone."""
-    order = torch.randperm(len(loader.dataset), generator=torch.Generator().manual_seed(args.seed))
-    collate_ms, build_ms = [], []
-    for index in order.split(args.batch_size)[: args.collate_batches]:
-        items = [loader.dataset[i] for i in index.tolist()]
-        with clock(collate_ms):
-            item = loader.collate_fn(items)
-        if isinstance(loader.collate_fn, StructureCollater):
-            with clock(build_ms):
-                loader.collate_fn.spec.build_batch(item.batch)
-    median_ms = lambda seconds: statistics.median(seconds) * 1e3 if seconds else 0.0  # noqa: E731
-    return dict(collate_ms_per_batch=median_ms(collate_ms),
-                structure_build_ms_per_batch=median_ms(build_ms))  # fmt: skip
-
-
+# --------------------------------------------------------------------------------------- steps
 def run_steps(
     step: Callable[[StructuredBatch | Batch], Tensor],
     batches: Iterable[StructuredBatch | Batch],
@@ -261,58 +215,6 @@ def benchmark_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------- results
-def add_ratios(records: list[dict]) -> dict:
-    """``{'ours-both/gps': x, ...}``: ours' graphs/s over its peer's (> 1: ours is faster),
-    end to end; each ours record also gets ``ratio_to_peer``, from the rates without the
-    loader's time ``ratio_to_peer_excl_loader``, and from the median steps
-    ``ratio_to_peer_median_step``."""
-    done = {r["model"]: r for r in records if r["status"] == "ok"}
-    ratios = {}
-    for ours, peer in PEERS.items():
-        if ours in done and peer in done:
-            mine, theirs = done[ours], done[peer]
-            ratio = mine["graphs_per_s"] / theirs["graphs_per_s"]
-            mine["ratio_to_peer"] = ratios[f"{ours}/{peer}"] = ratio
-            rate = "graphs_per_s_excl_loader"
-            excl = common.ratio(mine.get(rate), theirs.get(rate))
-            if excl is not None:
-                mine["ratio_to_peer_excl_loader"] = excl
-            # same batches: the peer's median step over ours (robust to a loaded host's stalls)
-            median = common.ratio(theirs.get("median_step_ms"), mine.get("median_step_ms"))
-            if median is not None:
-                mine["ratio_to_peer_median_step"] = median
-    return ratios
-
-
-def markdown(records: list[dict]) -> str:
-    """One table line per model."""
-    columns = ["model", "params:", "steps/s:", "graphs/s:", "excl. loader:", "ms/step:"]
-    columns += ["median ms:", "build in step:", "collate ms:", "of it build ms:", "ops/step:"]
-    columns += ["data-dep./step:", "in optimizer:", "peak MB:", "graph replay ms:"]
-    rows = []
-    for r in records:
-        peer = ""
-        if "ratio_to_peer" in r:
-            median = fmt(r.get("ratio_to_peer_median_step"), ".2f")
-            peer = f"{r['ratio_to_peer']:.2f}× {PEERS[r['model']]} (median step {median}×)"
-        compiles = f"{r['compiles_warmup']}/{r['compiles_timed']}" if "compiles_timed" in r else ""
-        error = (": " + r["error"].split("\n")[0][:120]) if "error" in r else ""
-        ops = r.get("ops", {})
-        by_phase = ops.get("data_dependent_per_step_by_phase", {})
-        rows.append([
-            r["model"], fmt(r.get("params"), ","), fmt(r.get("steps_per_s"), ".2f"),
-            fmt(r.get("graphs_per_s"), ".0f"), fmt(r.get("graphs_per_s_excl_loader"), ".0f"),
-            fmt(r.get("ms_per_step"), ".2f"), fmt(r.get("median_step_ms"), ".2f"),
-            fmt(r.get("structure_share"), ".1%"), fmt(r.get("collate_ms_per_batch"), ".1f"),
-            fmt(r.get("structure_build_ms_per_batch"), ".1f"),
-            fmt(ops.get("ops_per_step"), ".0f"), fmt(ops.get("data_dependent_per_step"), ".1f"),
-            fmt(by_phase.get("optimizer"), ".1f"), fmt(r.get("peak_mb"), ".0f"),
-            fmt(r.get("cuda_graph", {}).get("graph_ms"), ".2f"), compiles, peer,
-            r["status"] + error,
-        ])  # fmt: skip
-    return common.table([*columns, "compiles warm-up/timed:", "vs peer", "status"], rows)
-
-
 def environment(args: argparse.Namespace, data: OGBData) -> dict:
     import ogb
 
@@ -417,18 +319,6 @@ def time_model(name: str, data: OGBData, args: argparse.Namespace) -> dict:
     return record
 
 
-def merged(records: list[dict]) -> dict:
-    """One model's record over rounds: the first round's, with the medians over the rounds of
-    its rates and step times, and each round's values in ``rounds``."""
-    record = dict(records[0])
-    ok = [r for r in records if r["status"] == "ok"]
-    if len(records) > 1 and len(ok) == len(records):
-        keys = ("graphs_per_s", "graphs_per_s_excl_loader", "median_step_ms", "ms_per_step")
-        record["rounds"] = [{k: r[k] for k in keys} for r in ok]
-        record.update({k: statistics.median(r[k] for r in ok) for k in keys})
-    return record
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -439,9 +329,15 @@ def main(argv: list[str] | None = None) -> None:
     env, rounds = environment(args, data), []
     for number in range(args.rounds):
         order = args.models if number % 2 == 0 else args.models[::-1]
-        # later rounds time only: the op counts and profiles of the first stand for all
-        quiet = args if number == 0 else argparse.Namespace(**{**vars(args), "count_steps": 0,
-                                                               "profile": 0})  # fmt: skip
+        # later rounds time only: the op counts, profiles and graph replays of the first stand
+        # for all
+        quiet = (
+            args
+            if number == 0
+            else argparse.Namespace(
+                **{**vars(args), "count_steps": 0, "profile": 0, "cuda_graph_steps": 0}
+            )
+        )
         rounds.append({name: time_model(name, data, quiet) for name in order})
         records = [merged([r[name] for r in rounds]) for name in args.models]
         ratios = add_ratios(records)

@@ -4,7 +4,6 @@ The molecular workloads read ``ogbg_molesol`` shipped with the package: the same
 the ``ogbg-molhiv`` folder the GPU run reads. ``ogb`` is made unimportable, as on the GPU machine.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -91,10 +90,8 @@ def test_profile_records_each_case_top_kernels(tmp_path):
         assert kernels == sorted(kernels, key=lambda k: -k["ms_per_step"])
 
 
-def test_report_prints_the_table_of_a_json(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_conv", SCRIPT)
-    bench_conv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_conv)
+def test_report_prints_the_table_of_a_json(tmp_path, capsys, benchmark_script):
+    bench_conv = benchmark_script("bench_conv")
     record = {
         "workload": "w", "layer": "ours-local", "dtype": "bfloat16", "scope": "local",
         "kind": "ours", "status": "ok", "ms": 1.5, "ratio": {"TransformerConv": 0.5},

@@ -1,23 +1,15 @@
 """``benchmarks/compare_models.py --smoke``: both models tuned with the same budget, each recipe
 trained unchanged at the wide width over the seeds, the baseline at the transformer's size."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location(
-        "compare_models", ROOT / "benchmarks" / "compare_models.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(benchmark_script):
+    return benchmark_script("compare_models")
 
 
 def test_smoke_protocol_tunes_both_models_and_trains_the_recipes_wide(compare, tmp_path, capsys):

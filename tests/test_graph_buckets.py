@@ -2,9 +2,7 @@
 multiples without changing what the model predicts for the real graphs, and the script counts
 an epoch's shape signatures as they come and padded."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,17 +13,10 @@ from pyg_mup.graph import AddHopDistance
 from pyg_mup.models import GraphTransformer
 from pyg_mup.mup import set_base_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def buckets():
-    spec = importlib.util.spec_from_file_location(
-        "graph_buckets", ROOT / "benchmarks" / "graph_buckets.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def buckets(benchmark_script):
+    return benchmark_script("graph_buckets")
 
 
 @pytest.fixture
