@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     train_parser.add_argument(
         "--recipe",
         metavar="FILE",
-        help="start from a sweep's recipe.json (its settings and base shapes); the flags "
-        "given here override it, e.g. --width 1024 --layers 16",
+        help="start from a sweep's recipe.json (its settings and base shapes, and the width "
+        "and depth it was chosen at); the flags given here override it, e.g. --width 1024 "
+        "--layers 16",
     )
     sweep_parser = commands.add_parser(
         "sweep",
@@ -171,6 +172,14 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sweep.add_argument("--no-plot", action="store_true", default=False, help="no figures")
     sweep.add_argument(
+        "--report",
+        action="store_true",
+        default=False,
+        help="run no trial: write trials.json, the figures and recipe.json from the storage as "
+        "it stands (a sweep stopped early, or one still running on other machines); give the "
+        "sweep's own flags",
+    )
+    sweep.add_argument(
         "--smoke",
         action="store_true",
         default=False,
@@ -208,11 +217,11 @@ def _axes(items: list[str], kind: str) -> dict:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from pyg_mup.sweep import SweepSpec, run_sweep
+    from pyg_mup.sweep import SweepSpec, report_sweep, run_sweep
 
     values = vars(args)
     own = {"out", "grid", "range", "sampler", "trials", "sampler_seed", "storage", "study_name"}
-    own |= {"workers", "stale_after", "no_plot", "smoke", "command"}
+    own |= {"workers", "stale_after", "no_plot", "report", "smoke", "command"}
     settings = {k: v for k, v in values.items() if k not in own}
     grid, ranges = _axes(args.grid, "grid"), _axes(args.range, "range")
     if args.smoke:
@@ -234,12 +243,13 @@ def _sweep(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         plot=not args.no_plot,
     )
-    report = run_sweep(spec)
+    report = report_sweep(spec) if args.report else run_sweep(spec)
     states = [t["state"] for t in report["trials"]]
     diverged = sum(t["diverged"] for t in report["trials"])
     print(
         f"{states.count('COMPLETE')} trials complete ({diverged} diverged), "
-        f"{states.count('FAIL')} failed; outputs in {args.out}"
+        f"{states.count('FAIL')} failed, {states.count('RUNNING') + states.count('WAITING')} "
+        f"not finished; outputs in {args.out}"
     )
     return 0
 
@@ -280,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.recipe:
             recipe = recipe_values(load_recipe(args.recipe))
+            # Unless given, the shapes the recipe was chosen at, not the package's defaults.
+            recipe = {"width": recipe["base_width"], "layers": recipe["base_layers"], **recipe}
             settings.update({k: v for k, v in recipe.items() if k not in explicit})
             explicit |= set(recipe)
         summary = train(TrainConfig(**settings), explicit=explicit)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pyg_mup.cli import main
-from pyg_mup.sweep import SweepError, SweepSpec, run_sweep
+from pyg_mup.sweep import SweepError, SweepSpec, run_sweep, runner
 from pyg_mup.sweep.runner import OWNER, open_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +154,13 @@ def test_smoke_sweep_via_the_cli_and_its_recipe_into_train(tmp_path, capsys):
     assert not (out / "transfer_depth.png").exists()  # the depth did not vary
     recipe = json.loads((out / "recipe.json").read_text())
 
+    # Without shapes on the command line, the recipe trains the model it was chosen at.
+    base = tmp_path / "base"
+    args = ["train", "--recipe", str(out / "recipe.json"), "--max-samples", "64"]
+    assert main([*args, "--out", str(base), "--no-progress"]) == 0
+    summary = json.loads((base / "summary.json").read_text())
+    assert (summary["width"], summary["layers"]) == (16, 1)
+
     run = tmp_path / "run"
     args = ["train", "--recipe", str(out / "recipe.json"), "--width", "32", "--layers", "2"]
     assert main([*args, "--max-samples", "64", "--out", str(run), "--no-progress"]) == 0
@@ -168,6 +175,49 @@ def test_smoke_sweep_via_the_cli_and_its_recipe_into_train(tmp_path, capsys):
     args += ["--lr", "0.5", "--max-samples", "64", "--out", str(tmp_path / "run2")]
     assert main([*args, "--no-progress"]) == 0
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["lr"] == 0.5
+
+
+def test_outputs_follow_each_trial_and_report_writes_them_without_running(
+    tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "sweep"
+    flags = ["--out", str(out), "--layers", "1", "--heads", "2", "--epochs", "1"]
+    flags += ["--batch-size", "32", "--max-samples", "64", "--warmup-steps", "1", "--no-plot"]
+    flags += ["--grid", "log2_lr=-8,-6"]
+    finished_before = []
+    real_run_trial = runner.run_trial
+
+    def run_trial(study, trial, spec):
+        if (out / "trials.json").exists():
+            report = json.loads((out / "trials.json").read_text())
+            finished_before.append([t["state"] for t in report["trials"]])
+        return real_run_trial(study, trial, spec)
+
+    monkeypatch.setattr(runner, "run_trial", run_trial)
+    assert main(["sweep", *flags]) == 0
+    # A sweep killed while its second trial ran would have left the first one's results.
+    assert finished_before == [["COMPLETE", "WAITING"]]
+
+    (out / "trials.json").unlink()
+    (out / "recipe.json").unlink()
+    capsys.readouterr()
+    assert main(["sweep", "--report", *flags]) == 0
+    assert "2 trials complete (0 diverged), 0 failed, 0 not finished" in capsys.readouterr().out
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2  # none ran again
+    assert (out / "recipe.json").exists()
+
+    # A sweep that has not run a trial yet: reported as such, and no recipe to hand on.
+    waiting = tmp_path / "waiting"
+    spec = SweepSpec(out=str(waiting), settings=TINY, grid={"log2_lr": [-8, -6]})
+    spec.validate()
+    open_study(spec, create=True)
+    report = runner.report_sweep(spec)
+    assert [t["state"] for t in report["trials"]] == ["WAITING", "WAITING"]
+    assert not (waiting / "recipe.json").exists()
+
+    assert main(["sweep", "--report", *flags[2:], "--out", str(tmp_path / "none")]) == 2
+    assert "--report: no sweep in" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_bad_sweeps_fail_in_one_line(tmp_path, capsys):

@@ -5,7 +5,9 @@
 (parametrization × width × layers × log2 lr × seed …); ranges with TPE (or any Optuna sampler)
 tune at the base width. Outputs in the folder: the study (``study.journal`` unless ``storage``
 is given), ``trials/<n>/`` (each run), ``trials.json``, ``transfer_width.png`` (and
-``transfer_depth.png``), ``recipe.json`` for ``pyg-mup train --recipe``.
+``transfer_depth.png``), ``recipe.json`` for ``pyg-mup train --recipe``. trials.json and
+recipe.json are rewritten as each trial ends; :func:`report_sweep` (``--report``) writes all
+outputs from the storage without running anything.
 
 Example::
 
@@ -24,7 +26,7 @@ Modules: :mod:`.space` (axes → settings), :mod:`.runner` (study, workers, kill
 """
 
 from .recipe import load_recipe, recipe_values
-from .runner import run_sweep
+from .runner import report_sweep, run_sweep
 from .space import SweepError, SweepSpec
 
-__all__ = ["SweepError", "SweepSpec", "load_recipe", "recipe_values", "run_sweep"]
+__all__ = ["SweepError", "SweepSpec", "load_recipe", "recipe_values", "report_sweep", "run_sweep"]

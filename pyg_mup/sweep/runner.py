@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,28 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     return write_outputs(spec, open_study(spec))
 
 
+def report_sweep(spec: SweepSpec) -> dict[str, Any]:
+    """Write trials.json, the figures and recipe.json from the study as it stands and run no
+    trial: the outputs of a sweep that was stopped early, or of one whose other workers still
+    run elsewhere. Returns the trials' report.
+
+    Raises:
+        SweepError: the storage holds no such sweep (or a different one).
+    """
+    from .report import write_outputs
+
+    spec.validate()
+    where = spec.storage or str(Path(spec.out) / "study.journal")
+    if spec.storage is None and not Path(where).is_file():
+        raise SweepError(f"--report: no sweep in {spec.out} (no {where})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = open_study(spec)
+    except KeyError:  # what Optuna raises for a study name its storage does not hold
+        raise SweepError(f"--report: no sweep named {spec.study_name!r} in {where}") from None
+    return write_outputs(spec, study)
+
+
 def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) -> int:
     """A worker (``worker``: its index on this machine): run trials of the sweep until none is
     left; returns how many it ran."""
@@ -196,6 +219,11 @@ def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) 
             setattr(torch._dynamo.config, name, 64)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     study = open_study(spec, worker=worker)
+    from .report import write_outputs
+
+    # After each trial, trials.json and recipe.json are rewritten (whole files, atomically), so a
+    # sweep stopped at any point leaves them current; the figures are drawn once, at the end.
+    snapshot = replace(spec, plot=False)
     done = 0
     while True:
         recover_stale(study, spec)
@@ -209,6 +237,7 @@ def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) 
         except _Stopped:
             return done
         done += 1
+        write_outputs(snapshot, study)
 
 
 class _Stopped(Exception):
