@@ -134,3 +134,25 @@ def test_node_transformer_shapes():
     assert out.shape == (10, 5)
     featureless = sp(NodeTransformer(2, width=16, layers=1, heads=2))
     assert featureless(None, g.edge_index, num_nodes=10).shape == (10, 2)
+
+
+@pytest.mark.parametrize("model", ["transformer", "gine"])
+def test_output_mult_setting_scales_the_prediction_under_mup(model):
+    # --output-mult is μP's α_output: the factory hands it to the readout of every model, where
+    # it multiplies the readout's input (so with the bias at zero, the prediction).
+    from pyg_mup.data import task_of
+    from pyg_mup.train import TrainConfig
+    from pyg_mup.train.factory import model_builder
+
+    task = task_of("ogbg-molesol")
+    b = batch_of([4, 5, 6])
+    preds = []
+    for mult in (1.0, 3.0):
+        config = TrainConfig(model=model, layers=1, heads=2, output_mult=mult)
+        torch.manual_seed(0)
+        net = build_mup_model(model_builder(config, task, molecule(4, 0)), 32, 16).eval()
+        torch.nn.init.normal_(net.head.weight, generator=torch.Generator().manual_seed(1))
+        torch.nn.init.zeros_(net.head.bias)
+        assert net.head.output_mult == mult
+        preds.append(net(b.x, b.edge_index, b.edge_attr, b.batch, num_graphs=b.num_graphs))
+    torch.testing.assert_close(preds[1], 3 * preds[0])

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from pyg_mup.cli import _explicit, main
 from pyg_mup.train import read_metrics
 
@@ -66,6 +68,14 @@ def test_width_not_divisible_by_heads(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run_cli(["--width", "30", "--heads", "4", "--out", str(out)], tmp_path, capsys)
     assert_one_line_error(code, err, "--width 30 is not divisible by --heads 4")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_output_mult_must_be_positive(tmp_path, capsys, value):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["--output-mult", value, "--out", str(out)], tmp_path, capsys)
+    assert_one_line_error(code, err, "--output-mult must be positive")
     assert not out.exists()
 
 

@@ -67,6 +67,8 @@ class GINEVirtualNode(nn.Module):
         encodings: node encoding specs such as ``('rwse:16', 'degree')``.
         virtual_node: use the virtual node.
         readout_zero_init: start the readout at zero (predictions start at the bias).
+        output_mult: the readout's output multiplier, as in
+            :class:`~pyg_mup.models.GraphTransformer`.
 
     Shapes: ``x`` ``[N, F]`` (or ``None``), ``edge_index`` ``[2, E]``, ``edge_attr``
     ``[E, F_e]``, ``batch`` ``[N]``, ``encodings[name]`` ``[N, K]`` →
@@ -84,6 +86,7 @@ class GINEVirtualNode(nn.Module):
         encodings: Iterable[str | Encoding] = (),
         virtual_node: bool = True,
         readout_zero_init: bool = True,
+        output_mult: float = 1.0,
     ) -> None:
         super().__init__()
         if layers < 1:
@@ -107,7 +110,9 @@ class GINEVirtualNode(nn.Module):
             self.virtual_start = nn.Parameter(torch.zeros(width))
             self.virtual_mlps = nn.ModuleList(_mlp(width, width, True) for _ in range(layers - 1))
         self.dropout = nn.Dropout(dropout)
-        self.head = MuReadout(width, out_channels, readout_zero_init=readout_zero_init)
+        self.head = MuReadout(
+            width, out_channels, readout_zero_init=readout_zero_init, output_mult=output_mult
+        )
 
     def forward(
         self,

@@ -40,6 +40,8 @@ class GraphTransformer(nn.Module):
             fixed size would be a readout under μP.
         ffn_ratio: FFN hidden size over ``width``.
         readout_zero_init: start the readout at zero (predictions start at the bias).
+        output_mult: the readout's output multiplier (:class:`MuReadout`), a μP
+            hyperparameter tuned at the base width like the lr.
         local_branch: a message-passing branch in every block (``'gine'``, ``'gated'``), GPS's
             local MPNN beside attention; ``None``: none.
         encodings: structural/positional encodings added to the node embeddings, e.g.
@@ -67,6 +69,7 @@ class GraphTransformer(nn.Module):
         edge_channels: int = 32,
         ffn_ratio: int = 2,
         readout_zero_init: bool = True,
+        output_mult: float = 1.0,
         local_branch: str | None = None,
         encodings: Sequence[str] = (),
         attention_dropout: float = 0.0,
@@ -95,7 +98,9 @@ class GraphTransformer(nn.Module):
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)
-        self.head = MuReadout(width, out_channels, readout_zero_init=readout_zero_init)
+        self.head = MuReadout(
+            width, out_channels, readout_zero_init=readout_zero_init, output_mult=output_mult
+        )
 
     def structure_spec(self, target: str = "cpu") -> StructureSpec:
         """What to build per batch for this model running on ``target`` (``'cpu'``/``'cuda'``):

@@ -20,8 +20,8 @@ class NodeTransformer(nn.Module):
 
     Args:
         out_channels: predictions per node (tasks, or classes for multi-class).
-        width, layers, heads, dropout, edge_channels, ffn_ratio, readout_zero_init: as in
-            :class:`~pyg_mup.models.GraphTransformer`.
+        width, layers, heads, dropout, edge_channels, ffn_ratio, readout_zero_init,
+            output_mult: as in :class:`~pyg_mup.models.GraphTransformer`.
         node_features: float feature size, or ``None`` (a learned vector per node).
         edge_features: float edge-feature size, or ``None``.
 
@@ -41,6 +41,7 @@ class NodeTransformer(nn.Module):
         edge_channels: int = 32,
         ffn_ratio: int = 2,
         readout_zero_init: bool = True,
+        output_mult: float = 1.0,
     ) -> None:
         super().__init__()
         self.width = width
@@ -52,7 +53,9 @@ class NodeTransformer(nn.Module):
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(width)
-        self.head = MuReadout(width, out_channels, readout_zero_init=readout_zero_init)
+        self.head = MuReadout(
+            width, out_channels, readout_zero_init=readout_zero_init, output_mult=output_mult
+        )
 
     def forward(
         self,

@@ -167,6 +167,12 @@ class TrainConfig:
         flag="switch",
     )
     base_width: int = setting(64, "model", "μP base width: the width the learning rate is tuned at")
+    output_mult: float = setting(
+        1.0,
+        "model",
+        "the readout's output multiplier (μP's α_output: tuned at the base width and "
+        "transferred like the lr)",
+    )
     depth_parametrization: str = setting(
         "none",
         "model",
@@ -292,7 +298,7 @@ class TrainConfig:
             parse_encodings(self.pe)
         except ValueError as error:
             raise ConfigError(f"--pe: {error}") from None
-        for name in ("lr",):
+        for name in ("lr", "output_mult"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be positive")
         for name in ("weight_decay", "clip_grad", "warmup_steps", "num_workers", "seed"):

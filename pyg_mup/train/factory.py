@@ -77,6 +77,7 @@ def _common_arguments(config: TrainConfig, task: Task, example: Data) -> dict[st
         out_channels=task.out_channels,
         layers=config.layers,
         dropout=config.dropout,
+        output_mult=config.output_mult,
         node_features=node_spec,
         edge_features=edge_spec,
     )
