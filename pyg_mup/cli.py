@@ -176,8 +176,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=False,
         help="run no trial: write trials.json, the figures and recipe.json from the storage as "
-        "it stands (a sweep stopped early, or one still running on other machines); give the "
-        "sweep's own flags",
+        "it stands (a sweep stopped early, or one still running on other machines); takes "
+        "only --out, --storage, --study-name and --no-plot: the rest is stored with the study",
     )
     sweep.add_argument(
         "--smoke",
@@ -220,6 +220,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from pyg_mup.sweep import SweepSpec, report_sweep, run_sweep
 
     values = vars(args)
+    if args.report:
+        given = _given_sweep_flags(values)
+        if given:
+            raise SweepError(f"--report takes its sweep's settings from the storage, not {given}")
+        report = report_sweep(args.out, args.storage, args.study_name, not args.no_plot)
+        return _summary(report, args.out)
     own = {"out", "grid", "range", "sampler", "trials", "sampler_seed", "storage", "study_name"}
     own |= {"workers", "stale_after", "no_plot", "report", "smoke", "command"}
     settings = {k: v for k, v in values.items() if k not in own}
@@ -243,13 +249,25 @@ def _sweep(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         plot=not args.no_plot,
     )
-    report = report_sweep(spec) if args.report else run_sweep(spec)
+    return _summary(run_sweep(spec), args.out)
+
+
+def _given_sweep_flags(values: dict) -> str:
+    """The flags beside ``--report`` that would change the sweep, as the user wrote them."""
+    ignored = [name for name in values if name in SETTINGS and name not in SWEEP_OWNED]
+    ignored += [kind for kind in ("grid", "range", "smoke") if values[kind]]
+    ignored += ["sampler"] if values["sampler"] else []
+    ignored += ["trials"] if values["trials"] is not None else []
+    return " ".join(f"--{name.replace('_', '-')}" for name in ignored)
+
+
+def _summary(report: dict, out: str) -> int:
     states = [t["state"] for t in report["trials"]]
     diverged = sum(t["diverged"] for t in report["trials"])
     print(
         f"{states.count('COMPLETE')} trials complete ({diverged} diverged), "
         f"{states.count('FAIL')} failed, {states.count('RUNNING') + states.count('WAITING')} "
-        f"not finished; outputs in {args.out}"
+        f"not finished; outputs in {out}"
     )
     return 0
 

@@ -201,7 +201,9 @@ def test_outputs_follow_each_trial_and_report_writes_them_without_running(
     (out / "trials.json").unlink()
     (out / "recipe.json").unlink()
     capsys.readouterr()
-    assert main(["sweep", "--report", *flags]) == 0
+    assert main(["sweep", "--report", "--out", str(out), "--layers", "2"]) == 2
+    assert "not --layers" in capsys.readouterr().err  # its settings are the stored ones
+    assert main(["sweep", "--report", "--out", str(out)]) == 0
     assert "2 trials complete (0 diverged), 0 failed, 0 not finished" in capsys.readouterr().out
     assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2  # none ran again
     assert (out / "recipe.json").exists()
@@ -211,11 +213,12 @@ def test_outputs_follow_each_trial_and_report_writes_them_without_running(
     spec = SweepSpec(out=str(waiting), settings=TINY, grid={"log2_lr": [-8, -6]})
     spec.validate()
     open_study(spec, create=True)
-    report = runner.report_sweep(spec)
+    report = runner.report_sweep(str(waiting), plot=False)
     assert [t["state"] for t in report["trials"]] == ["WAITING", "WAITING"]
+    assert report["grid"] == {"log2_lr": [-8, -6]} and report["settings"] == TINY
     assert not (waiting / "recipe.json").exists()
 
-    assert main(["sweep", "--report", *flags[2:], "--out", str(tmp_path / "none")]) == 2
+    assert main(["sweep", "--report", "--out", str(tmp_path / "none")]) == 2
     assert "--report: no sweep in" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
 

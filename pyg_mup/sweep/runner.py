@@ -184,25 +184,33 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     return write_outputs(spec, open_study(spec))
 
 
-def report_sweep(spec: SweepSpec) -> dict[str, Any]:
-    """Write trials.json, the figures and recipe.json from the study as it stands and run no
-    trial: the outputs of a sweep that was stopped early, or of one whose other workers still
-    run elsewhere. Returns the trials' report.
+def report_sweep(
+    out: str, storage: str | None = None, study_name: str = "sweep", plot: bool = True
+) -> dict[str, Any]:
+    """Write trials.json, the figures and recipe.json of the sweep in ``out`` (or in
+    ``storage``) from its study as it stands, running no trial: the outputs of a sweep that was
+    stopped early, or of one whose workers still run elsewhere. The sweep's settings and axes
+    are the ones stored with its study. Returns the trials' report.
 
     Raises:
-        SweepError: the storage holds no such sweep (or a different one).
+        SweepError: the storage holds no such sweep.
     """
     from .report import write_outputs
 
-    spec.validate()
-    where = spec.storage or str(Path(spec.out) / "study.journal")
-    if spec.storage is None and not Path(where).is_file():
-        raise SweepError(f"--report: no sweep in {spec.out} (no {where})")
+    where = storage or str(Path(out) / "study.journal")
+    if storage is None and not Path(where).is_file():
+        raise SweepError(f"--report: no sweep in {out} (no {where})")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    located = SweepSpec(out=out, storage=storage, study_name=study_name)
     try:
-        study = open_study(spec)
+        study = optuna.load_study(storage=storage_of(located), study_name=study_name)
     except KeyError:  # what Optuna raises for a study name its storage does not hold
-        raise SweepError(f"--report: no sweep named {spec.study_name!r} in {where}") from None
+        raise SweepError(f"--report: no sweep named {study_name!r} in {where}") from None
+    stored = study.user_attrs.get(SPEC)
+    if stored is None:
+        raise SweepError(f"--report: the study {study_name!r} in {where} is not a pyg-mup sweep")
+    identity = located.sweep_identity()
+    spec = replace(located, plot=plot, **{k: v for k, v in stored.items() if k in identity})
     return write_outputs(spec, study)
 
 
