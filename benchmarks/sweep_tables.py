@@ -9,8 +9,7 @@ from the per-seed values; only a step outside them is called better or worse.
 
     python benchmarks/sweep_tables.py benchmarks/results/sweeps_h200/esol_width/trials.json
 
-``--together`` makes one table of all the files given (sweeps of one dataset run apart);
-
+``--together`` makes one table of all the files given (sweeps of one dataset run apart), and
 ``--plot DIR`` draws the trials of all the files given (sweeps of one dataset run apart, e.g. μP
 and SP, or widths and depths) on one pair of transfer figures (``pyg-mup sweep``'s own).
 """
@@ -49,19 +48,6 @@ def seed_values(
     return {key: dict(sorted(by_lr.items())) for key, by_lr in sorted(groups.items())}
 
 
-def seed_means(
-    trials: list[dict], axis: str, by: str = "parametrization"
-) -> dict[tuple, dict[int, tuple[float, float]]]:
-    """``{(value of by, axis value): {log2_lr: (mean train loss, mean valid)}}``."""
-    return {
-        key: {
-            lr: (statistics.mean(v[0] for v in values), statistics.mean(v[1] for v in values))
-            for lr, values in by_lr.items()
-        }
-        for key, by_lr in seed_values(trials, axis, by).items()
-    }
-
-
 def two_standard_errors(a: list[float], b: list[float]) -> float | None:
     """Two standard errors of ``mean(a) - mean(b)`` (``None`` below two seeds on a side)."""
     if len(a) < 2 or len(b) < 2:
@@ -91,14 +77,16 @@ def table(report: dict, axis: str, by: str = "parametrization") -> str:
         f"best log2 lr ({metric}) | {metric} | step |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    means = seed_means(report["trials"], axis, by)
-    values = seed_values(report["trials"], axis, by)
     previous: tuple | None = None
-    for (group, value), by_lr in means.items():
+    for (group, value), seeds in seed_values(report["trials"], axis, by).items():
+        by_lr = {
+            lr: (statistics.mean(v[0] for v in runs), statistics.mean(v[1] for v in runs))
+            for lr, runs in seeds.items()
+        }
         lr_loss = min(by_lr, key=lambda lr: by_lr[lr][0])
         lr_valid = better(by_lr, key=lambda lr: by_lr[lr][1])
-        losses = [v[0] for v in values[group, value][lr_loss]]
-        valids = [v[1] for v in values[group, value][lr_valid]]
+        losses = [v[0] for v in seeds[lr_loss]]
+        valids = [v[1] for v in seeds[lr_valid]]
         steps = ("", "")
         if previous is not None and previous[0] == group:
             steps = (step(losses, previous[1], False), step(valids, previous[2], higher))

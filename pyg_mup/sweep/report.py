@@ -60,7 +60,7 @@ def trials_report(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "study_name": study.study_name,
-        "storage": spec.storage or str(Path(spec.out) / "study.journal"),
+        "storage": spec.storage_location(),
         "direction": study.direction.name.lower(),
         "dataset": dataset,
         "metric": task.metric,

@@ -52,7 +52,7 @@ SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampl
 
 def storage_of(spec: SweepSpec) -> optuna.storages.BaseStorage:
     """The study's storage: an RDB URL, else a journal file (default ``<out>/study.journal``)."""
-    url = spec.storage or str(Path(spec.out) / "study.journal")
+    url = spec.storage_location()
     if "://" in url:
         return optuna.storages.RDBStorage(url)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -197,11 +197,11 @@ def report_sweep(
     """
     from .report import write_outputs
 
-    where = storage or str(Path(out) / "study.journal")
+    located = SweepSpec(out=out, storage=storage, study_name=study_name)
+    where = located.storage_location()
     if storage is None and not Path(where).is_file():
         raise SweepError(f"--report: no sweep in {out} (no {where})")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    located = SweepSpec(out=out, storage=storage, study_name=study_name)
     try:
         study = optuna.load_study(storage=storage_of(located), study_name=study_name)
     except KeyError:  # what Optuna raises for a study name its storage does not hold

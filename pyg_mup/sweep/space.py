@@ -10,6 +10,7 @@ for another sampler); a *range* gives ``low:high[:log]`` for samplers such as TP
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -135,6 +136,10 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def storage_location(self) -> str:
+        """Where the study lives: ``storage``, else the journal file ``<out>/study.journal``."""
+        return self.storage or str(Path(self.out) / "study.journal")
 
     def sweep_identity(self) -> dict[str, Any]:
         """What makes two invocations the same sweep: not where, how many workers, nor the
