@@ -255,3 +255,37 @@ def test_a_larger_budget_extends_a_finished_tuning_study(tmp_path):
     assert set(points(first)) < set(points(extended))
     with pytest.raises(SweepError, match="holds a different sweep"):
         open_study(SweepSpec(**{**spec(3).to_dict(), "sampler": "tpe"}))
+
+
+def _plotted_trial(width: int, layers: int, log2_lr: int, loss: float) -> dict:
+    config = {"mup": True, "width": width, "layers": layers, "lr": 2.0**log2_lr}
+    config |= {"base_width": 64, "base_layers": 2}
+    return {
+        "state": "COMPLETE",
+        "config": config,
+        "diverged": False,
+        "train_loss": loss,
+        "valid": 1.0 + loss,
+        "steps": 10,
+        "steps_per_epoch": 5,
+        "train_samples": 40,
+    }
+
+
+@pytest.mark.parametrize(
+    ("shapes", "figures"),
+    [
+        ([(64, 2), (64, 4)], ["transfer_depth.png"]),  # a depth sweep: no one-width figure
+        ([(32, 2), (64, 2)], ["transfer_width.png"]),
+        ([(64, 2)], ["transfer_width.png"]),  # a plain lr sweep still gets its curve
+        ([(32, 2), (64, 2), (64, 4)], ["transfer_depth.png", "transfer_width.png"]),
+    ],
+)
+def test_transfer_figures_are_drawn_for_the_axes_that_vary(tmp_path, shapes, figures):
+    from pyg_mup.sweep.report import plot_transfer
+
+    trials = [_plotted_trial(w, layers, lr, -0.01 * lr) for w, layers in shapes for lr in (-9, -8)]
+    report = {"trials": trials, "dataset": "ogbg-molesol", "metric": "rmse"}
+    written = plot_transfer(report, tmp_path)
+    assert sorted(path.name for path in written) == figures
+    assert sorted(path.name for path in tmp_path.iterdir()) == figures

@@ -1,8 +1,9 @@
 """A sweep's outputs: trials.json (every trial), the transfer figures and recipe.json.
 
 The figures draw the training loss (top) and the validation metric (bottom) against log2 lr,
-one panel per parametrization: ``transfer_width.png`` one curve per width (at the base depth),
-and, when the depth varies, ``transfer_depth.png`` one curve per depth (at the base width).
+one panel per parametrization: ``transfer_width.png`` one curve per width (at the base depth)
+when the width varies, ``transfer_depth.png`` one curve per depth (at the base width) when the
+depth does, and the width figure alone for a sweep over neither.
 Points are means over seeds; a learning rate where any seed diverged is left out of its curve.
 """
 
@@ -107,7 +108,8 @@ def _curves(trials: list[dict[str, Any]], by: str, fixed: dict[str, Any]) -> dic
 
 
 def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
-    """Write transfer_width.png (and transfer_depth.png when layers vary); returns the paths."""
+    """Write transfer_width.png when widths vary, transfer_depth.png when depths vary (the
+    width figure alone when neither does); returns the paths."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
     from matplotlib.ticker import MaxNLocator
@@ -116,15 +118,22 @@ def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
     if not trials:
         return []
     base = trials[0]["config"]
+    figures = {
+        name: (by, fixed, _curves(trials, by, fixed))
+        for by, fixed, name in (
+            ("width", {"layers": base["base_layers"]}, "transfer_width.png"),
+            ("layers", {"width": base["base_width"]}, "transfer_depth.png"),
+        )
+    }
+    varies = {name: len({key[1] for key in curves}) > 1 for name, (_, _, curves) in figures.items()}
+    # One width's lr curve is worth a figure only when nothing else is drawn (a plain lr sweep).
+    if varies["transfer_depth.png"] and not varies["transfer_width.png"]:
+        del figures["transfer_width.png"]
+    elif not varies["transfer_depth.png"]:
+        del figures["transfer_depth.png"]
     written = []
-    for by, fixed, name in (
-        ("width", {"layers": base["base_layers"]}, "transfer_width.png"),
-        ("layers", {"width": base["base_width"]}, "transfer_depth.png"),
-    ):
-        curves = _curves(trials, by, fixed)
+    for name, (by, fixed, curves) in figures.items():
         values = sorted({key[1] for key in curves})
-        if len(values) < 2 and by == "layers":
-            continue
         params = sorted({key[0] for key in curves}, reverse=True)  # μP first
         if not params:
             continue
