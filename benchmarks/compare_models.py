@@ -122,7 +122,7 @@ def train_wide(args: argparse.Namespace, recipe: dict[str, Any], out: Path) -> l
     )
     report = run_sweep(spec)
     return [
-        json.loads((Path(t["run_dir"]) / "summary.json").read_text())
+        json.loads((out / "final" / t["run_dir"] / "summary.json").read_text())
         for t in report["trials"]
         if t["state"] == "COMPLETE" and not t["diverged"]
     ]

@@ -2,7 +2,6 @@
 trained unchanged at the wide width over the seeds, the baseline at the transformer's size."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +29,8 @@ def test_smoke_protocol_tunes_both_models_and_trains_the_recipes_wide(compare, t
             assert t["config"]["width"] == 32 and t["config"]["base_width"] == 16
             assert t["config"]["lr"] == recipe["settings"]["lr"]
             assert t["config"]["weight_decay"] == recipe["settings"]["weight_decay"]
-        summaries = [json.loads((Path(t["run_dir"]) / "summary.json").read_text()) for t in final]
+        runs = [out / "final" / t["run_dir"] for t in final]  # relative to the sweep folder
+        summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
         tests = [s["test_at_best_valid"] for s in summaries]  # OGB's number, per seed
         assert r["test_mean"] == pytest.approx(sum(tests) / 2)
     assert "| ogbg-molesol | gine |" in capsys.readouterr().out

@@ -153,6 +153,11 @@ def test_smoke_sweep_via_the_cli_and_its_recipe_into_train(tmp_path, capsys):
     assert (out / "transfer_width.png").stat().st_size > 10_000
     assert not (out / "transfer_depth.png").exists()  # the depth did not vary
     recipe = json.loads((out / "recipe.json").read_text())
+    # --out was absolute; the records hold no machine's path, only places inside the folder
+    assert report["storage"] == "study.journal" and recipe["sweep"] == "sweep"
+    for t in report["trials"]:
+        assert t["run_dir"] == t["config"]["out"] == f"trials/{t['number']:05d}"
+        assert (out / t["run_dir"] / "metrics.jsonl").is_file()
 
     # Without shapes on the command line, the recipe trains the model it was chosen at.
     base = tmp_path / "base"

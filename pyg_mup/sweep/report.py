@@ -5,12 +5,17 @@ one panel per parametrization: ``transfer_width.png`` one curve per width (at th
 when the width varies, ``transfer_depth.png`` one curve per depth (at the base width) when the
 depth does, and the width figure alone for a sweep over neither.
 Points are means over seeds; a learning rate where any seed diverged is left out of its curve.
+
+Paths inside the sweep folder (the journal, each trial's run folder) are recorded relative to
+it, so a sweep folder that is moved, copied to another machine or committed still says where its
+runs are; paths outside it (``root``, ``cache_dir``, an external storage) are recorded as given.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +30,21 @@ from .space import SweepSpec
 FORMAT = "pyg_mup.sweep/1"
 
 
-def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """One trial of trials.json."""
+def in_sweep(path: str | None, out: Path) -> str | None:
+    """``path`` relative to the sweep folder ``out`` when it lies inside it, else as given."""
+    if path is None or "://" in path:  # an Optuna storage URL, not a file
+        return path
+    folder = out.resolve()
+    resolved = Path(path).resolve()
+    return os.path.relpath(resolved, folder) if resolved.is_relative_to(folder) else path
+
+
+def trial_record(trial: optuna.trial.FrozenTrial, out: Path) -> dict[str, Any]:
+    """One trial of trials.json, its paths relative to the sweep folder ``out``."""
     attrs = trial.user_attrs
+    config = attrs.get("config")
+    if config is not None:
+        config = {**config, "out": in_sweep(config.get("out"), out)}
     value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
     return {
         "number": trial.number,
@@ -49,9 +66,9 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "stale": bool(attrs.get("stale", False)),
         "error": attrs.get("error"),
         "message": attrs.get("message"),
-        "run_dir": attrs.get("run_dir"),
+        "run_dir": in_sweep(attrs.get("run_dir"), out),
         "seconds": attrs.get("seconds"),
-        "config": attrs.get("config"),
+        "config": config,
     }
 
 
@@ -61,7 +78,7 @@ def trials_report(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "study_name": study.study_name,
-        "storage": spec.storage_location(),
+        "storage": in_sweep(spec.storage_location(), Path(spec.out)),
         "direction": study.direction.name.lower(),
         "dataset": dataset,
         "metric": task.metric,
@@ -70,7 +87,7 @@ def trials_report(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
         "grid": spec.grid,
         "ranges": spec.ranges,
         "settings": spec.settings,
-        "trials": [trial_record(t) for t in study.get_trials(deepcopy=False)],
+        "trials": [trial_record(t, Path(spec.out)) for t in study.get_trials(deepcopy=False)],
     }
 
 
@@ -87,7 +104,7 @@ def write_outputs(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
     write_json(out / "trials.json", report)
     recipe = best_settings(report["trials"], report["higher_is_better"])
     if recipe is not None:
-        recipe["sweep"] = str(out)
+        recipe["sweep"] = out.resolve().name  # the folder it came from, by name: no machine's path
         write_json(out / "recipe.json", recipe)
     if spec.plot:
         plot_transfer(report, out)
