@@ -145,6 +145,13 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "or any optuna.samplers class name",
     )
     sweep.add_argument("--trials", type=int, default=None, help="trial budget of a sampler")
+    sweep.add_argument(
+        "--objective",
+        choices=("final", "best"),
+        default=None,
+        help="judge trials on the validation metric after the last epoch (final, the "
+        "default) or at the best evaluated epoch (best, OGB's convention; with --eval-every 1)",
+    )
     sweep.add_argument("--sampler-seed", type=int, default=0)
     sweep.add_argument(
         "--storage",
@@ -227,7 +234,7 @@ def _sweep(args: argparse.Namespace) -> int:
         report = report_sweep(args.out, args.storage, args.study_name, not args.no_plot)
         return _summary(report, args.out)
     own = {"out", "grid", "range", "sampler", "trials", "sampler_seed", "storage", "study_name"}
-    own |= {"workers", "stale_after", "no_plot", "report", "smoke", "command"}
+    own |= {"workers", "stale_after", "no_plot", "report", "smoke", "command", "objective"}
     settings = {k: v for k, v in values.items() if k not in own}
     grid, ranges = _axes(args.grid, "grid"), _axes(args.range, "range")
     if args.smoke:
@@ -248,6 +255,7 @@ def _sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         stale_after=args.stale_after,
         plot=not args.no_plot,
+        objective=args.objective or "final",
     )
     return _summary(run_sweep(spec), args.out)
 
@@ -257,7 +265,7 @@ def _given_sweep_flags(values: dict) -> str:
     ignored = [name for name in values if name in SETTINGS and name not in SWEEP_OWNED]
     ignored += [kind for kind in ("grid", "range", "smoke") if values[kind]]
     ignored += ["sampler"] if values["sampler"] else []
-    ignored += ["trials"] if values["trials"] is not None else []
+    ignored += [k for k in ("trials", "objective") if values[k] is not None]
     return " ".join(f"--{name.replace('_', '-')}" for name in ignored)
 
 

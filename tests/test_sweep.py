@@ -228,6 +228,41 @@ def test_outputs_follow_each_trial_and_report_writes_them_without_running(
     assert not (tmp_path / "none").exists()
 
 
+def test_objective_best_judges_trials_and_the_recipe_on_the_best_epoch(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    flags = ["--out", str(out), "--layers", "1", "--heads", "2", "--epochs", "3"]
+    flags += ["--batch-size", "32", "--max-samples", "64", "--warmup-steps", "1", "--no-plot"]
+    flags += ["--eval-every", "1", "--grid", "log2_lr=-8,-4", "--objective", "best"]
+    assert main(["sweep", *flags]) == 0
+    assert "best valid rmse" in capsys.readouterr().out
+    report = json.loads((out / "trials.json").read_text())
+    assert report["objective"] == "best"
+    for t in report["trials"]:
+        history = [json.loads(line) for line in (out / t["run_dir"] / "metrics.jsonl").open()]
+        best = min(history, key=lambda m: m["valid"])
+        assert len(history) == 3 and t["value"] == t["best_valid"] == best["valid"]
+        assert t["test_at_best_valid"] == best["test"] and t["valid"] == history[-1]["valid"]
+    assert any(t["best_valid"] != t["valid"] for t in report["trials"])  # the objectives differ
+    recipe = json.loads((out / "recipe.json").read_text())
+    chosen = min(report["trials"], key=lambda t: t["best_valid"])
+    assert recipe["selected_on"] == "best_valid" and recipe["valid"] == chosen["best_valid"]
+    assert recipe["settings"]["lr"] == chosen["config"]["lr"]
+    # The objective is part of the sweep: resuming under the other one is refused.
+    assert main(["sweep", *flags[:-2]]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+
+
+def test_a_study_from_before_the_objective_setting_resumes_as_final(tmp_path):
+    spec = SweepSpec(out=str(tmp_path / "sweep"), settings=TINY, grid={"log2_lr": [-8]})
+    spec.validate()
+    study = open_study(spec, create=True)
+    older = {k: v for k, v in study.user_attrs[runner.SPEC].items() if k != "objective"}
+    study.set_user_attr(runner.SPEC, older)
+    assert run_sweep(spec)["objective"] == "final"
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        open_study(SweepSpec(**{**spec.to_dict(), "objective": "best"}))
+
+
 def test_bad_sweeps_fail_in_one_line(tmp_path, capsys):
     out = str(tmp_path / "sweep")
     assert main(["sweep", "--out", out, "--grid", "widht=16,32"]) == 2

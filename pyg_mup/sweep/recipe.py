@@ -2,7 +2,8 @@
 
 Chosen on the validation metric only (the test metric is recorded in trials.json, never used
 to choose): among the finished, non-diverged μP trials at the base width and depth, the
-settings whose validation metric, averaged over the seeds that ran them, is best. Applied with
+settings whose validation metric (after the last epoch, or the best epoch's with the sweep's
+``objective='best'``), averaged over the seeds that ran them, is best. Applied with
 ``pyg-mup train --recipe recipe.json --width 1024 --layers 16``: the recipe's settings and base
 shapes, then the flags given on the command line on top.
 """
@@ -16,19 +17,25 @@ from typing import Any
 
 from pyg_mup.train.config import RECIPE_KEYS, ConfigError
 
+from .space import OBJECTIVES
+
 FORMAT = "pyg_mup.recipe/1"
 
 
-def best_settings(trials: list[dict[str, Any]], higher_is_better: bool) -> dict[str, Any] | None:
-    """The recipe (see the module docstring) from trials.json's ``trials``; ``None`` if no
-    finished μP trial at the base shapes has a finite validation metric."""
+def best_settings(
+    trials: list[dict[str, Any]], higher_is_better: bool, objective: str = "final"
+) -> dict[str, Any] | None:
+    """The recipe (see the module docstring) from trials.json's ``trials``, judged on
+    ``objective`` (``'final'`` or ``'best'``); ``None`` if no finished μP trial at the base
+    shapes has a finite validation metric."""
+    judged = OBJECTIVES[objective]
     candidates = [
         t
         for t in trials
         if t["state"] == "COMPLETE"
         and not t["diverged"]
-        and t["valid"] is not None
-        and math.isfinite(t["valid"])
+        and t.get(judged) is not None
+        and math.isfinite(t[judged])
         and t["config"]["mup"]
         and t["config"]["width"] == t["config"]["base_width"]
         and t["config"]["layers"] == t["config"]["base_layers"]
@@ -41,7 +48,7 @@ def best_settings(trials: list[dict[str, Any]], higher_is_better: bool) -> dict[
         return None
 
     def mean_valid(group: list[dict[str, Any]]) -> float:
-        return sum(t["valid"] for t in group) / len(group)
+        return sum(t[judged] for t in group) / len(group)
 
     best = (max if higher_is_better else min)(groups.values(), key=mean_valid)
     config = best[0]["config"]
@@ -50,7 +57,7 @@ def best_settings(trials: list[dict[str, Any]], higher_is_better: bool) -> dict[
         "dataset": config["dataset"],
         "metric": best[0]["metric"],
         "higher_is_better": higher_is_better,
-        "selected_on": "valid",
+        "selected_on": judged,
         "valid": mean_valid(best),
         "seeds": sorted(t["config"]["seed"] for t in best),
         "trials": sorted(t["number"] for t in best),

@@ -1,6 +1,7 @@
 """A sweep's outputs: trials.json (every trial), the transfer figures and recipe.json.
 
-The figures draw the training loss (top) and the validation metric (bottom) against log2 lr,
+The figures draw the training loss (top) and the validation metric the sweep judges on
+(bottom, see ``SweepSpec.objective``) against log2 lr,
 one panel per parametrization: ``transfer_width.png`` one curve per width (at the base depth)
 when the width varies, ``transfer_depth.png`` one curve per depth (at the base width) when the
 depth does, and the width figure alone for a sweep over neither.
@@ -25,7 +26,7 @@ from pyg_mup.data import task_of
 from pyg_mup.train.checkpoint import atomic_write
 
 from .recipe import best_settings
-from .space import SweepSpec
+from .space import OBJECTIVES, SweepSpec
 
 FORMAT = "pyg_mup.sweep/1"
 
@@ -57,6 +58,8 @@ def trial_record(trial: optuna.trial.FrozenTrial, out: Path) -> dict[str, Any]:
         "train_loss": attrs.get("train_loss"),
         "valid": attrs.get("valid"),
         "test": attrs.get("test"),
+        "best_valid": attrs.get("best_valid"),
+        "test_at_best_valid": attrs.get("test_at_best_valid"),
         "metric": attrs.get("metric"),
         "epochs": attrs.get("epochs"),
         "steps": attrs.get("steps"),
@@ -80,6 +83,7 @@ def trials_report(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
         "study_name": study.study_name,
         "storage": in_sweep(spec.storage_location(), Path(spec.out)),
         "direction": study.direction.name.lower(),
+        "objective": spec.objective,
         "dataset": dataset,
         "metric": task.metric,
         "higher_is_better": task.higher_is_better,
@@ -102,7 +106,7 @@ def write_outputs(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
     out = Path(spec.out)
     report = trials_report(spec, study)
     write_json(out / "trials.json", report)
-    recipe = best_settings(report["trials"], report["higher_is_better"])
+    recipe = best_settings(report["trials"], report["higher_is_better"], spec.objective)
     if recipe is not None:
         recipe["sweep"] = out.resolve().name  # the folder it came from, by name: no machine's path
         write_json(out / "recipe.json", recipe)
@@ -134,6 +138,7 @@ def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
     trials = [t for t in report["trials"] if t["config"] is not None]
     if not trials:
         return []
+    objective = report.get("objective", "final")
     base = trials[0]["config"]
     figures = {
         name: (by, fixed, _curves(trials, by, fixed))
@@ -160,7 +165,7 @@ def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
         for col, mup in enumerate(params):
             for i, value in enumerate(values):
                 points = sorted(curves.get((mup, value), {}).items())
-                for row, key in enumerate(("train_loss", "valid")):
+                for row, key in enumerate(("train_loss", OBJECTIVES[objective])):
                     xs, ys = [], []
                     for x, at in points:
                         if any(t["diverged"] or t[key] is None for t in at):
@@ -175,7 +180,8 @@ def plot_transfer(report: dict[str, Any], out: Path) -> list[Path]:
         axes[0][0].set_ylabel(
             f"training loss (mean over the last epoch, {trials[0]['steps_per_epoch']} steps)"
         )
-        axes[1][0].set_ylabel(f"validation {report['metric']}")
+        judged = "validation" if objective == "final" else "best validation"
+        axes[1][0].set_ylabel(f"{judged} {report['metric']}")
         axes[0][-1].legend(fontsize=8)
         fixed_text = ", ".join(f"{k} {v}" for k, v in fixed.items())
         fig.suptitle(

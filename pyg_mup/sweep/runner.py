@@ -119,8 +119,9 @@ def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna
     trials_before = 0 if spec.sampler == "grid" else len(study.get_trials(deepcopy=False))
     study.sampler = sampler_of(spec, worker, trials_before)
     stored = study.user_attrs.get(SPEC)
-    if stored is not None:
-        stored = {k: v for k, v in stored.items() if k in identity}  # older studies kept "trials"
+    if stored is not None:  # older studies kept "trials", and lack keys added since
+        defaults = SweepSpec(out=spec.out).sweep_identity()
+        stored = {k: v for k, v in {**defaults, **stored}.items() if k in identity}
     if stored is not None and _normalised(stored) != _normalised(identity):
         raise SweepError(
             f"the storage already holds a different sweep named {spec.study_name!r}; use the "
@@ -377,14 +378,16 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
         raise _Stopped(summary["status"])
     metrics = _last_epoch(run_dir)
     diverged = summary["status"] == "diverged"
-    valid = summary["final_valid"]
-    finite = valid is not None and math.isfinite(valid) and not diverged
+    score = summary["final_valid" if spec.objective == "final" else "best_valid"]
+    finite = score is not None and math.isfinite(score) and not diverged
     attrs = {
         "status": summary["status"],
         "diverged": diverged,
         "train_loss": None if diverged else metrics.get("train_loss"),
-        "valid": valid if finite else None,
+        "valid": summary["final_valid"] if finite else None,
         "test": summary["final_test"] if finite else None,
+        "best_valid": summary["best_valid"] if finite else None,
+        "test_at_best_valid": summary["test_at_best_valid"] if finite else None,
         "epochs": summary["epochs_completed"],
         "steps_per_epoch": summary["steps_per_epoch"],
         "steps": summary["epochs_completed"] * summary["steps_per_epoch"],
@@ -397,10 +400,11 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    frozen = study.tell(trial, valid if finite else worst)
+    frozen = study.tell(trial, score if finite else worst)
+    judged = "valid" if spec.objective == "final" else "best valid"
     print(
         f"trial {trial.number}: {_describe(params)}: "
-        + ("diverged" if diverged else f"valid {summary['metric']} {_fmt(valid)}"),
+        + ("diverged" if diverged else f"{judged} {summary['metric']} {_fmt(score)}"),
         flush=True,
     )
     return frozen

@@ -20,6 +20,9 @@ from pyg_mup.train.config import SETTINGS, TrainConfig, parse_setting, value_typ
 DERIVED = {"log2_lr": "lr", "parametrization": "mup"}
 """Axis names that are not settings, and the setting each one sets."""
 
+OBJECTIVES = {"final": "valid", "best": "best_valid"}
+"""``objective`` → the trial record's field a trial is judged on."""
+
 
 class SweepError(ValueError):
     """A sweep that cannot run as asked, with a one-line message."""
@@ -87,6 +90,10 @@ class SweepSpec:
         stale_after: seconds without a heartbeat after which a RUNNING trial of another machine
             counts as killed (trials of dead processes on this machine are seen at once).
         plot: write the figures.
+        objective: the validation number a trial is judged on (its Optuna value, the recipe's
+            choice, the figures' lower panel): ``'final'``, the metric after the last epoch
+            (what μTransfer's curves compare), or ``'best'``, the best evaluated epoch's, OGB's
+            early-stopping convention (with ``eval_every=1`` every epoch counts).
     """
 
     out: str
@@ -101,6 +108,7 @@ class SweepSpec:
     workers: int = 1
     stale_after: float = 300.0
     plot: bool = True
+    objective: str = "final"
 
     def validate(self) -> None:
         """:class:`SweepError` for the first thing that cannot work."""
@@ -129,6 +137,8 @@ class SweepSpec:
         for axis, (low, high, _log) in self.ranges.items():
             if not low < high:
                 raise SweepError(f"range {axis}: low must be below high, got {low}:{high}")
+        if self.objective not in OBJECTIVES:
+            raise SweepError(f"--objective must be one of {', '.join(OBJECTIVES)}")
         if self.workers < 1:
             raise SweepError(f"--workers must be a positive integer, got {self.workers}")
         base = self.trial_config({axis: values[0] for axis, values in self.grid.items()})
@@ -144,7 +154,7 @@ class SweepSpec:
     def sweep_identity(self) -> dict[str, Any]:
         """What makes two invocations the same sweep: not where, how many workers, nor the
         trial budget (a larger ``--trials`` extends a finished tuning study)."""
-        keys = ("settings", "grid", "ranges", "sampler", "sampler_seed")
+        keys = ("settings", "grid", "ranges", "sampler", "sampler_seed", "objective")
         return {k: v for k, v in self.to_dict().items() if k in keys}
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
