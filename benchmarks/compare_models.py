@@ -4,7 +4,9 @@ width, each model's recipe trained unchanged at a large width over several seeds
 Per dataset and model, two ``pyg-mup sweep`` studies (:mod:`pyg_mup.sweep`):
 
 1. ``tune``: TPE over log2 lr, dropout and weight decay at ``--tune-width`` (= μP's base width),
-   ``--trials`` trials; its ``recipe.json`` is chosen on the validation metric only.
+   ``--trials`` trials; its ``recipe.json`` is chosen on the validation metric only: after each
+   trial's last epoch, or with ``--objective best`` at its best epoch (every epoch evaluated),
+   the epoch the final runs report.
 2. ``final``: the recipe at ``--width`` with ``--seeds`` (a grid over the seed); OGB's number is
    the test metric at each run's best validation epoch, reported as mean ± std.
 
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--objective", choices=("final", "best"), default="final")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny: molesol, 2 trials, width 32")
     args = parser.parse_args(argv)
@@ -89,6 +92,8 @@ def common_settings(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
 def tune(args: argparse.Namespace, dataset: str, model: str, out: Path) -> dict[str, Any]:
     """The tuning study at the small width; returns its recipe."""
     settings = {**common_settings(args, dataset), **MODELS[model], "width": args.tune_width}
+    if args.objective == "best":
+        settings["eval_every"] = 1
     spec = SweepSpec(
         out=str(out / "tune"),
         settings=settings,
@@ -97,6 +102,7 @@ def tune(args: argparse.Namespace, dataset: str, model: str, out: Path) -> dict[
         trials=args.trials,
         workers=args.workers,
         plot=False,
+        objective=args.objective,
     )
     report = run_sweep(spec)
     recipe = out / "tune" / "recipe.json"

@@ -48,7 +48,9 @@ def floor_loss(groups: list[Tensor], regression: bool) -> float:
     labels = torch.cat(groups)
     labelled = ~labels.isnan()
     if regression:  # divided by the split's std, as the training loss standardises targets
-        std = torch.stack([labels[labelled[:, t], t].std(correction=0) for t in range(labels.size(1))])
+        std = torch.stack(
+            [labels[labelled[:, t], t].std(correction=0) for t in range(labels.size(1))]
+        )
     total, count = 0.0, 0
     for group in groups:
         seen = ~group.isnan()
