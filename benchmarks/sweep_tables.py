@@ -19,8 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pyg_mup.sweep.space import OBJECTIVES  # noqa: E402
 
 
 def group_of(trial: dict, by: str) -> object:
@@ -31,20 +35,21 @@ def group_of(trial: dict, by: str) -> object:
 
 
 def seed_values(
-    trials: list[dict], axis: str, by: str = "parametrization"
+    trials: list[dict], axis: str, by: str = "parametrization", judged: str = "valid"
 ) -> dict[tuple, dict[int, list[tuple[float, float]]]]:
-    """``{(value of by, axis value): {log2_lr: [(train loss, valid) of each seed]}}``."""
+    """``{(value of by, axis value): {log2_lr: [(train loss, validation) of each seed]}}``, the
+    validation number being the trial field ``judged`` (the sweep's objective)."""
     groups: dict[tuple, dict[int, list[tuple[float, float]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for trial in trials:
-        if trial["state"] != "COMPLETE" or trial["diverged"] or trial["valid"] is None:
+        if trial["state"] != "COMPLETE" or trial["diverged"] or trial.get(judged) is None:
             continue
         log2_lr = trial["params"].get("log2_lr")
         if log2_lr is None:
             continue
         key = (group_of(trial, by), trial["config"][axis])
-        groups[key][log2_lr].append((trial["train_loss"], trial["valid"]))
+        groups[key][log2_lr].append((trial["train_loss"], trial[judged]))
     return {key: dict(sorted(by_lr.items())) for key, by_lr in sorted(groups.items())}
 
 
@@ -71,14 +76,16 @@ def step(values: list[float], previous: list[float], higher_is_better: bool) -> 
 def table(report: dict, axis: str, by: str = "parametrization") -> str:
     higher = report["higher_is_better"]
     better = max if higher else min
-    metric = f"valid {report['metric']}"
+    objective = report.get("objective", "final")  # sweeps from before --objective: final
+    judged = OBJECTIVES[objective]
+    metric = f"{'valid' if objective == 'final' else 'best valid'} {report['metric']}"
     rows = [
         f"| {by} | {axis} | best log2 lr (train loss) | train loss | step | "
         f"best log2 lr ({metric}) | {metric} | step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     previous: tuple | None = None
-    for (group, value), seeds in seed_values(report["trials"], axis, by).items():
+    for (group, value), seeds in seed_values(report["trials"], axis, by, judged).items():
         by_lr = {
             lr: (statistics.mean(v[0] for v in runs), statistics.mean(v[1] for v in runs))
             for lr, runs in seeds.items()
@@ -137,6 +144,9 @@ def merged(reports: list[dict]) -> dict:
     datasets = {report["dataset"] for report in reports}
     if len(datasets) != 1:
         raise SystemExit(f"the sweeps must share one dataset, got {sorted(datasets)}")
+    objectives = {report.get("objective", "final") for report in reports}
+    if len(objectives) != 1:
+        raise SystemExit(f"the sweeps must judge trials alike, got {sorted(objectives)}")
     grid: dict[str, list] = {}
     for report in reports:
         for axis, values in report["grid"].items():

@@ -56,3 +56,15 @@ def test_together_merges_sweeps_of_one_dataset_only(benchmark_script):
     assert "| -0.1000 |" in tables.table(merged, "width")
     with pytest.raises(SystemExit, match="share one dataset"):
         tables.merged([narrow, report([], dataset="ogbg-molbace")])
+    with pytest.raises(SystemExit, match="judge trials alike"):
+        tables.merged([narrow, {**wide, "objective": "best"}])
+
+
+def test_a_sweep_judged_at_the_best_epoch_is_tabled_on_it(benchmark_script):
+    tables = benchmark_script("sweep_tables")
+    trials = [trial(32, -9, 0, 0.5, 1.2), trial(32, -8, 0, 0.6, 1.0)]
+    trials[0]["best_valid"], trials[1]["best_valid"] = 0.7, 0.9  # lr -9 is best at its best epoch
+    final = tables.table(report(trials), "width").splitlines()
+    best = tables.table({**report(trials), "objective": "best"}, "width").splitlines()
+    assert "valid rmse" in final[0] and "best valid rmse" in best[0]
+    assert "| -8 | 1.0000 |" in final[2] and "| -9 | 0.7000 |" in best[2]
