@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pyg_mup.sweep.space import OBJECTIVES  # noqa: E402
+from pyg_mup.sweep.space import OBJECTIVES
 
 
 def group_of(trial: dict, by: str) -> object:
