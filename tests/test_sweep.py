@@ -329,3 +329,14 @@ def test_transfer_figures_are_drawn_for_the_axes_that_vary(tmp_path, shapes, fig
     written = plot_transfer(report, tmp_path)
     assert sorted(path.name for path in written) == figures
     assert sorted(path.name for path in tmp_path.iterdir()) == figures
+
+
+def test_records_of_older_studies_are_made_relative_to_the_sweep_folder(tmp_path):
+    from pyg_mup.sweep.report import in_sweep
+
+    out = tmp_path / "sweep"
+    assert in_sweep(str(out / "trials" / "00003"), out) == "trials/00003"
+    assert in_sweep(str(out / "study.journal"), out) == "study.journal"
+    assert in_sweep(str(tmp_path / "data"), out) == str(tmp_path / "data")  # outside: as given
+    assert in_sweep("sqlite:///sweeps.db", out) == "sqlite:///sweeps.db"
+    assert in_sweep(None, out) is None

@@ -32,7 +32,8 @@ FORMAT = "pyg_mup.sweep/1"
 
 
 def in_sweep(path: str | None, out: Path) -> str | None:
-    """``path`` relative to the sweep folder ``out`` when it lies inside it, else as given."""
+    """``path`` relative to the sweep folder ``out`` when it lies inside it, else as given
+    (trials record their run folders relative to it; studies from before did not)."""
     if path is None or "://" in path:  # an Optuna storage URL, not a file
         return path
     folder = out.resolve()

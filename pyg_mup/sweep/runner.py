@@ -351,7 +351,8 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
     storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())
     params = {name: trial._suggest(name, dist) for name, dist in spec.distributions().items()}
     root = trial.user_attrs.get("retry_of", trial.number)
-    run_dir = Path(spec.out) / "trials" / f"{root:05d}"
+    recorded = f"trials/{root:05d}"  # relative to the sweep folder, wherever it is run from
+    run_dir = Path(spec.out) / recorded
     config = spec.trial_config(params, out=str(run_dir))
     config.resume = (run_dir / "checkpoint.pt").is_file()  # a killed trial's retry continues
     config.overwrite = not config.resume
@@ -364,7 +365,7 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
                 summary = train(config)
         except (ConfigError, RunDirError, DatasetError, CheckpointError, RuntimeError) as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}".splitlines()[0])
-            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("run_dir", recorded)
             run_dir.mkdir(parents=True, exist_ok=True)
             _write_log(run_dir, log)
             return study.tell(trial, state=TrialState.FAIL)
@@ -394,9 +395,9 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
         "train_samples": summary["train_samples"],
         "metric": summary["metric"],
         "message": summary.get("message"),
-        "run_dir": str(run_dir),
+        "run_dir": recorded,
         "seconds": round(time.perf_counter() - started, 2),
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "out": recorded},
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
