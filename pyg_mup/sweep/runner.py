@@ -25,6 +25,7 @@ import io
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -180,9 +181,33 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
         ]
         for process in processes:
             process.start()
-        for process in processes:
-            process.join()
+        with _signals_passed_on(processes):
+            for process in processes:
+                process.join()
     return write_outputs(spec, open_study(spec))
+
+
+@contextlib.contextmanager
+def _signals_passed_on(processes: list[multiprocessing.process.BaseProcess]):
+    """While the workers run, SIGINT and SIGTERM sent to this process alone (``kill PID``, a
+    scheduler stopping the job) go on to them, as Ctrl-C in a terminal reaches the whole group:
+    each stops at its next step boundary with its trial checkpointed and queued again, and none
+    is left running without the process that started it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def pass_on(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def report_sweep(
@@ -223,6 +248,8 @@ def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) 
         # Several small runs side by side use the cores better than one run with several
         # threads (on a GPU, they fill the gaps between each other's kernel launches).
         torch.set_num_threads(1)
+        if hasattr(os, "setpgid"):  # signals reach a worker once, from run_sweep: a
+            os.setpgid(0, 0)  # terminal's Ctrl-C as well would be a second, immediate stop
     for name in ("recompile_limit", "cache_size_limit"):  # batch sizes vary: FlexAttention
         if hasattr(torch._dynamo.config, name):  # is compiled for several shapes per run
             setattr(torch._dynamo.config, name, 64)
