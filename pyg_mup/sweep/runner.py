@@ -189,10 +189,11 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _signals_passed_on(processes: list[multiprocessing.process.BaseProcess]):
-    """While the workers run, SIGINT and SIGTERM sent to this process alone (``kill PID``, a
-    scheduler stopping the job) go on to them, as Ctrl-C in a terminal reaches the whole group:
-    each stops at its next step boundary with its trial checkpointed and queued again, and none
-    is left running without the process that started it."""
+    """While the workers run, SIGINT and SIGTERM sent to this process (Ctrl-C in its terminal,
+    ``kill PID``, a scheduler stopping the job) go on to them; they run in their own process
+    group, so this is the one copy they get. Each stops at its next step boundary with its trial
+    checkpointed and queued again, and none is left running without the process that started
+    it."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
