@@ -2,9 +2,10 @@
 
 Errors in what the user asked for (an unknown dataset, a missing root, ``--width`` not
 divisible by ``--heads``, an unreadable checkpoint, ...) print one line and exit with status 2,
-before anything in ``--out`` is written. A run stopped by Ctrl-C or SIGTERM saves a checkpoint
-and exits with 128 + the signal number (130 / 143), as shells expect. A run whose training loss
-becomes nan/inf stops with one line, keeps its last good checkpoint and exits with 3.
+before anything in ``--out`` is written. A run (or a sweep) stopped by Ctrl-C or SIGTERM saves
+a checkpoint and exits with 128 + the signal number (130 / 143), as shells expect. A run whose
+training loss becomes nan/inf stops with one line, keeps its last good checkpoint and exits
+with 3.
 """
 
 from __future__ import annotations
@@ -270,6 +271,7 @@ def _given_sweep_flags(values: dict) -> str:
 
 
 def _summary(report: dict, out: str) -> int:
+    """Print the trials' states; 0, or 128 + the signal that stopped the sweep (as ``train``)."""
     states = [t["state"] for t in report["trials"]]
     diverged = sum(t["diverged"] for t in report["trials"])
     print(
@@ -277,6 +279,10 @@ def _summary(report: dict, out: str) -> int:
         f"{states.count('FAIL')} failed, {states.count('RUNNING') + states.count('WAITING')} "
         f"not finished; outputs in {out}"
     )
+    stopped_by = report.get("stopped_by")
+    if stopped_by is not None:
+        print(f"pyg-mup: sweep stopped by signal {stopped_by}; the same command resumes it")
+        return 128 + stopped_by
     return 0
 
 

@@ -120,27 +120,28 @@ def test_a_killed_workers_trial_is_run_again_on_resume(tmp_path):
     assert points(report) == [(16, -8), (16, -6)]
 
 
-def test_a_signal_to_the_sweep_alone_stops_its_workers_resumably(tmp_path):
-    settings = {**TINY, "epochs": 400}  # long enough to be stopped mid-trial
-    spec = SweepSpec(out=str(tmp_path / "sweep"), settings=settings, grid={"log2_lr": [-8, -6]})
-    spec = SweepSpec(**{**spec.to_dict(), "workers": 2})
-    code = "import json, sys; from pyg_mup.sweep import SweepSpec, run_sweep; "
-    code += "run_sweep(SweepSpec(**json.loads(sys.argv[1])))"
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_signal_to_the_sweep_alone_stops_its_workers_resumably(tmp_path, workers):
+    out = tmp_path / "sweep"
+    flags = ["sweep", "--out", str(out), "--layers", "1", "--heads", "2", "--epochs", "400"]
+    flags += ["--batch-size", "32", "--max-samples", "64", "--warmup-steps", "1", "--no-plot"]
+    flags += ["--grid", "log2_lr=-8,-6", "--workers", str(workers)]  # 400 epochs: stopped mid-way
+    code = "import json, sys; from pyg_mup.cli import main; sys.exit(main(json.loads(sys.argv[1])))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    sweep = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec.to_dict())], env=env)
-    metrics = [tmp_path / "sweep" / "trials" / f"{n:05d}" / "metrics.jsonl" for n in (0, 1)]
+    sweep = subprocess.Popen([sys.executable, "-c", code, json.dumps(flags)], env=env)
+    started = [out / "trials" / f"{n:05d}" / "metrics.jsonl" for n in range(workers)]
     deadline = time.monotonic() + 120
-    while not all(m.is_file() for m in metrics) and time.monotonic() < deadline:
+    while not all(m.is_file() for m in started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert all(m.is_file() for m in metrics), "the workers did not start their trials"
-    sweep.send_signal(signal.SIGTERM)  # the parent only, as `kill PID` does
-    assert sweep.wait(timeout=120) == 0  # it returns once its workers have stopped
-    report = json.loads((tmp_path / "sweep" / "trials.json").read_text())
+    assert all(m.is_file() for m in started), "the workers did not start their trials"
+    sweep.send_signal(signal.SIGTERM)  # the sweep's process only, as `kill PID` does
+    assert sweep.wait(timeout=120) == 128 + signal.SIGTERM  # after its workers stopped
+    report = json.loads((out / "trials.json").read_text())
     stopped = [t for t in report["trials"] if t["stale"]]
-    assert len(stopped) == 2 and all(t["state"] == "FAIL" for t in stopped)
-    queued = [t for t in report["trials"] if t["state"] == "WAITING"]
-    assert sorted(t["retry_of"] for t in queued) == [0, 1]  # each resumes from its checkpoint
-    assert all((m.parent / "checkpoint.pt").is_file() for m in metrics)
+    assert len(stopped) == workers and all(t["state"] == "FAIL" for t in stopped)
+    queued = [t["retry_of"] for t in report["trials"] if t["state"] == "WAITING"]
+    assert sorted(q for q in queued if q is not None) == list(range(workers))
+    assert all((m.parent / "checkpoint.pt").is_file() for m in started)  # retries resume there
 
 
 def test_a_one_point_grid_runs(tmp_path):

@@ -155,7 +155,8 @@ def _grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     """Run (or resume) the sweep; write trials.json, the figures and recipe.json; return the
-    trials' report (:func:`pyg_mup.sweep.report.trials_report`).
+    trials' report (:func:`pyg_mup.sweep.report.trials_report`), with ``stopped_by`` (the
+    signal number) when SIGINT/SIGTERM stopped the sweep before its trials were done.
 
     Raises:
         SweepError, ConfigError, DatasetError: with one-line messages, before any trial runs.
@@ -171,8 +172,12 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     load_dataset(settings.dataset, settings.root, settings.cache_dir, pre_transform=transform)
     Path(spec.out).mkdir(parents=True, exist_ok=True)
     open_study(spec, create=True)
+    received: list[int] = []
     if spec.workers == 1:
-        work(spec.to_dict())
+        try:
+            work(spec.to_dict())
+        except _Stopped as stop:
+            received += [stop.signum] if stop.signum is not None else []
     else:
         context = multiprocessing.get_context("spawn")
         processes = [
@@ -181,24 +186,26 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
         ]
         for process in processes:
             process.start()
-        with _signals_passed_on(processes):
+        with _signals_passed_on(processes, received):
             for process in processes:
                 process.join()
-    return write_outputs(spec, open_study(spec))
+    report = write_outputs(spec, open_study(spec))
+    return {**report, "stopped_by": received[0]} if received else report
 
 
 @contextlib.contextmanager
-def _signals_passed_on(processes: list[multiprocessing.process.BaseProcess]):
+def _signals_passed_on(processes: list[multiprocessing.process.BaseProcess], received: list[int]):
     """While the workers run, SIGINT and SIGTERM sent to this process (Ctrl-C in its terminal,
     ``kill PID``, a scheduler stopping the job) go on to them; they run in their own process
     group, so this is the one copy they get. Each stops at its next step boundary with its trial
     checkpointed and queued again, and none is left running without the process that started
-    it."""
+    it. The signals are appended to ``received``."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
     def pass_on(signum: int, _frame: object) -> None:
+        received.append(signum)
         for process in processes:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
@@ -272,13 +279,19 @@ def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) 
         try:
             run_trial(study, trial, spec)
         except _Stopped:
-            return done
+            if own_process:
+                return done
+            raise
         done += 1
         write_outputs(snapshot, study)
 
 
 class _Stopped(Exception):
-    """A trial's run was stopped by a signal: the worker stops too."""
+    """A trial's run was stopped (by ``signum``, or by its time budget): the worker stops too."""
+
+    def __init__(self, signum: int | None) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _budget_used(study: optuna.Study) -> int:
@@ -404,7 +417,7 @@ def run_trial(study: optuna.Study, trial: Trial, spec: SweepSpec) -> FrozenTrial
         trial.set_user_attr("stale", True)
         study.tell(trial, state=TrialState.FAIL)
         study.enqueue_trial(dict(params), user_attrs={"retry_of": root})
-        raise _Stopped(summary["status"])
+        raise _Stopped(summary.get("signal"))
     metrics = _last_epoch(run_dir)
     diverged = summary["status"] == "diverged"
     score = summary["final_valid" if spec.objective == "final" else "best_valid"]
