@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pyg_mup.sweep import SweepSpec, load_recipe, recipe_values, run_sweep
+from pyg_mup.sweep.space import OBJECTIVES
 
 HYBRID = {"attention": "both", "local_branch": "gine", "pe": ["rwse:16"]}
 """Our model; the baseline gets the same settings so that its width matches this model's size."""
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--objective", choices=("final", "best"), default="final")
+    parser.add_argument("--objective", choices=list(OBJECTIVES), default="final")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny: molesol, 2 trials, width 32")
     args = parser.parse_args(argv)

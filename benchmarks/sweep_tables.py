@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pyg_mup.sweep.space import OBJECTIVES
+from pyg_mup.sweep.space import OBJECTIVES, objective_label
 
 
 def group_of(trial: dict, by: str) -> object:
@@ -78,7 +78,7 @@ def table(report: dict, axis: str, by: str = "parametrization") -> str:
     better = max if higher else min
     objective = report.get("objective", "final")  # sweeps from before --objective: final
     judged = OBJECTIVES[objective]
-    metric = f"{'valid' if objective == 'final' else 'best valid'} {report['metric']}"
+    metric = f"{objective_label(objective)} {report['metric']}"
     rows = [
         f"| {by} | {axis} | best log2 lr (train loss) | train loss | step | "
         f"best log2 lr ({metric}) | {metric} | step |",

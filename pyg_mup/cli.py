@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from pyg_mup.data import EMBEDDED_DATASET, DatasetError, known_datasets, task_of
 from pyg_mup.sweep import SweepError, load_recipe, recipe_values
+from pyg_mup.sweep.space import OBJECTIVES
 from pyg_mup.train import CheckpointError, ConfigError, RunDirError, TrainConfig, train
 from pyg_mup.train.config import GROUPS, SETTINGS, parse_setting, settings_in, value_type
 
@@ -148,7 +149,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--trials", type=int, default=None, help="trial budget of a sampler")
     sweep.add_argument(
         "--objective",
-        choices=("final", "best"),
+        choices=tuple(OBJECTIVES),
         default=None,
         help="judge trials on the validation metric after the last epoch (final, the "
         "default) or at the best evaluated epoch (best, OGB's convention; with --eval-every 1)",

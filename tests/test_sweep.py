@@ -19,7 +19,7 @@ import pytest
 
 from pyg_mup.cli import main
 from pyg_mup.sweep import SweepError, SweepSpec, run_sweep, runner
-from pyg_mup.sweep.runner import OWNER, open_study
+from pyg_mup.sweep.study import OWNER, SPEC, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -71,7 +71,8 @@ def test_two_workers_run_each_grid_point_exactly_once(tmp_path):
 KILL_A_WORKER = """
 import os, signal, socket, sys, time
 from pyg_mup.sweep import SweepSpec
-from pyg_mup.sweep.runner import HEARTBEAT, OWNER, claim_waiting, open_study
+from pyg_mup.sweep.claims import claim_waiting
+from pyg_mup.sweep.study import HEARTBEAT, OWNER, open_study
 spec = SweepSpec(**__import__("json").loads(sys.argv[1]))
 study = open_study(spec)
 trial = claim_waiting(study)
@@ -282,8 +283,8 @@ def test_a_study_from_before_the_objective_setting_resumes_as_final(tmp_path):
     spec = SweepSpec(out=str(tmp_path / "sweep"), settings=TINY, grid={"log2_lr": [-8]})
     spec.validate()
     study = open_study(spec, create=True)
-    older = {k: v for k, v in study.user_attrs[runner.SPEC].items() if k != "objective"}
-    study.set_user_attr(runner.SPEC, older)
+    older = {k: v for k, v in study.user_attrs[SPEC].items() if k != "objective"}
+    study.set_user_attr(SPEC, older)
     assert run_sweep(spec)["objective"] == "final"
     with pytest.raises(SweepError, match="holds a different sweep"):
         open_study(SweepSpec(**{**spec.to_dict(), "objective": "best"}))

@@ -21,8 +21,10 @@ Example::
     )
     report = run_sweep(spec)
 
-Modules: :mod:`.space` (axes → settings), :mod:`.runner` (study, workers, killed trials),
-:mod:`.report` (trials.json, figures), :mod:`.recipe` (recipe.json).
+Modules: :mod:`.space` (axes → settings), :mod:`.study` (storage, sampler, identity),
+:mod:`.runner` (workers, signals, ``--report``), :mod:`.claims` (which trial next, killed
+workers), :mod:`.trial` (one run), :mod:`.report` (trials.json, figures), :mod:`.recipe`
+(recipe.json).
 """
 
 from .recipe import load_recipe, recipe_values

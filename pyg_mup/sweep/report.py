@@ -26,7 +26,7 @@ from pyg_mup.data import task_of
 from pyg_mup.train.checkpoint import atomic_write
 
 from .recipe import best_settings
-from .space import OBJECTIVES, SweepSpec
+from .space import OBJECTIVES, SweepSpec, is_storage_url
 
 FORMAT = "pyg_mup.sweep/1"
 
@@ -34,7 +34,7 @@ FORMAT = "pyg_mup.sweep/1"
 def in_sweep(path: str | None, out: Path) -> str | None:
     """``path`` relative to the sweep folder ``out`` when it lies inside it, else as given
     (trials record their run folders relative to it; studies from before did not)."""
-    if path is None or "://" in path:  # an Optuna storage URL, not a file
+    if path is None or is_storage_url(path):
         return path
     folder = out.resolve()
     resolved = Path(path).resolve()

@@ -24,6 +24,16 @@ OBJECTIVES = {"final": "valid", "best": "best_valid"}
 """``objective`` → the trial record's field a trial is judged on."""
 
 
+def objective_label(objective: str) -> str:
+    """How logs and tables name the number a trial is judged on: ``valid`` or ``best valid``."""
+    return OBJECTIVES[objective].replace("_", " ")
+
+
+def is_storage_url(location: str) -> bool:
+    """Whether a storage location is a database URL (``sqlite:///…``) rather than a file."""
+    return "://" in location
+
+
 class SweepError(ValueError):
     """A sweep that cannot run as asked, with a one-line message."""
 
