@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         graph = data.dataset[i]
         groups[wl_hash(graph, args.iterations)].append(graph.y.view(1, -1).float())
     shared = [g for g in groups.values() if len(g) > 1]
-    regression = task_of(args.dataset).metric == "rmse"
+    regression = task_of(args.dataset).is_regression
     loss = floor_loss([torch.cat(g) for g in groups.values()], regression)
     print(
         f"{args.dataset}, {args.iterations} WL rounds: {len(train)} training graphs in "
