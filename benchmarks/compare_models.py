@@ -49,6 +49,10 @@ TUNED = {
 }
 """What the tuning study samples: ``[low, high, log]``."""
 
+ATTENTION_CHOICE = {"attention": ["local", "both"]}
+"""With ``--tune-attention``: our model's attention is a categorical axis of its tuning study
+(along edges only, or global beside local), chosen on validation like the rest of the recipe."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--objective", choices=list(OBJECTIVES), default="final")
+    parser.add_argument(
+        "--tune-attention",
+        action="store_true",
+        help="our model's tuning study also chooses its attention (local or both)",
+    )
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny: molesol, 2 trials, width 32")
     args = parser.parse_args(argv)
@@ -95,9 +104,13 @@ def tune(args: argparse.Namespace, dataset: str, model: str, out: Path) -> dict[
     settings = {**common_settings(args, dataset), **MODELS[model], "width": args.tune_width}
     if args.objective == "best":
         settings["eval_every"] = 1
+    choices = ATTENTION_CHOICE if args.tune_attention and model == "transformer" else {}
+    for setting in choices:
+        del settings[setting]
     spec = SweepSpec(
         out=str(out / "tune"),
         settings=settings,
+        grid=choices,
         ranges=TUNED,
         sampler="tpe",
         trials=args.trials,
@@ -142,7 +155,9 @@ def row(dataset: str, model: str, recipe: dict[str, Any], runs: list[dict]) -> d
         "model": model,
         "metric": recipe["metric"],
         "tuned_valid": recipe["valid"],
-        "settings": {k: recipe["settings"][k] for k in ("lr", "dropout", "weight_decay")},
+        "settings": {
+            k: recipe["settings"][k] for k in ("lr", "dropout", "weight_decay", "attention")
+        },
         "params": runs[0]["num_params"] if runs else None,
         "model_width": runs[0].get("model_width") if runs else None,
         "seeds": [r["seed"] for r in runs],
