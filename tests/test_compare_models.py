@@ -34,3 +34,20 @@ def test_smoke_protocol_tunes_both_models_and_trains_the_recipes_wide(compare, t
         tests = [s["test_at_best_valid"] for s in summaries]  # OGB's number, per seed
         assert r["test_mean"] == pytest.approx(sum(tests) / 2)
     assert "| ogbg-molesol | gine |" in capsys.readouterr().out
+
+
+def test_tune_attention_makes_attention_an_axis_of_our_model_only(compare, tmp_path):
+    argv = ["--smoke", "--out", str(tmp_path), "--workers", "1", "--tune-attention"]
+    ours, gine = compare.main(argv)
+    out = tmp_path / "ogbg-molesol" / "transformer"
+    study = json.loads((out / "tune" / "trials.json").read_text())
+    assert study["grid"] == {"attention": ["local", "both"]}
+    assert "attention" not in study["settings"]
+    assert all(t["params"]["attention"] in ("local", "both") for t in study["trials"])
+    chosen = json.loads((out / "tune" / "recipe.json").read_text())["settings"]["attention"]
+    final = json.loads((out / "final" / "trials.json").read_text())["trials"]
+    assert {t["config"]["attention"] for t in final} == {chosen} == {ours["settings"]["attention"]}
+    baseline = tmp_path / "ogbg-molesol" / "gine" / "tune" / "trials.json"
+    baseline_study = json.loads(baseline.read_text())  # attention only sizes GINE: kept fixed
+    assert baseline_study["grid"] == {} and baseline_study["settings"]["attention"] == "both"
+    assert gine["settings"]["attention"] == "both"
