@@ -6,7 +6,9 @@ Per dataset and model, two ``pyg-mup sweep`` studies (:mod:`pyg_mup.sweep`):
 1. ``tune``: TPE over log2 lr, dropout and weight decay at ``--tune-width`` (= μP's base width),
    ``--trials`` trials; its ``recipe.json`` is chosen on the validation metric only: after each
    trial's last epoch, or with ``--objective best`` at its best epoch (every epoch evaluated),
-   the epoch the final runs report.
+   the epoch the final runs report. With ``--tune-attention`` our model's study also chooses its
+   attention (local, or global beside local) as a categorical axis; the baseline's space is
+   unchanged.
 2. ``final``: the recipe at ``--width`` with ``--seeds`` (a grid over the seed); OGB's number is
    the test metric at each run's best validation epoch, reported as mean ± std.
 
@@ -169,7 +171,8 @@ def row(dataset: str, model: str, recipe: dict[str, Any], runs: list[dict]) -> d
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| dataset | model | params (width) | lr, dropout, wd | valid at tune width | test |",
+        "| dataset | model | params (width) | lr, dropout, wd, attention | valid at tune width "
+        "| test |",
         "|---|---|---:|---|---:|---|",
     ]
     for r in rows:
@@ -177,7 +180,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         test = "–" if r["test_mean"] is None else f"{r['test_mean']:.4f} ± {r['test_std']:.4f}"
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['params']:,} ({r['model_width']}) | "
-            f"{s['lr']:.2g}, {s['dropout']:.2f}, {s['weight_decay']:.2g} | "
+            f"{s['lr']:.2g}, {s['dropout']:.2f}, {s['weight_decay']:.2g}, {s['attention']} | "
             f"{r['tuned_valid']:.4f} | {test} ({r['metric']}, {len(r['seeds'])} seeds) |"
         )
     return "\n".join(lines)
