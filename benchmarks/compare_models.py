@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pyg_mup.sweep import SweepSpec, load_recipe, recipe_values, run_sweep
-from pyg_mup.sweep.space import OBJECTIVES
+from pyg_mup.sweep.space import OBJECTIVES, setting_of
 
 HYBRID = {"attention": "both", "local_branch": "gine", "pe": ["rwse:16"]}
 """Our model; the baseline gets the same settings so that its width matches this model's size."""
@@ -54,6 +54,9 @@ TUNED = {
 ATTENTION_CHOICE = {"attention": ["local", "both"]}
 """With ``--tune-attention``: our model's attention is a categorical axis of its tuning study
 (along edges only, or global beside local), chosen on validation like the rest of the recipe."""
+
+REPORTED = [setting_of(axis) for axis in (*TUNED, *ATTENTION_CHOICE)]
+"""The recipe settings each result row carries: what tuning may choose (``log2_lr`` is ``lr``)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,9 +160,7 @@ def row(dataset: str, model: str, recipe: dict[str, Any], runs: list[dict]) -> d
         "model": model,
         "metric": recipe["metric"],
         "tuned_valid": recipe["valid"],
-        "settings": {
-            k: recipe["settings"][k] for k in ("lr", "dropout", "weight_decay", "attention")
-        },
+        "settings": {k: recipe["settings"][k] for k in REPORTED},
         "params": runs[0]["num_params"] if runs else None,
         "model_width": runs[0].get("model_width") if runs else None,
         "seeds": [r["seed"] for r in runs],
