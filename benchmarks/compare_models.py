@@ -36,8 +36,9 @@ from typing import Any
 from pyg_mup.sweep import SweepSpec, load_recipe, recipe_values, run_sweep
 from pyg_mup.sweep.space import OBJECTIVES, setting_of
 
-HYBRID = {"attention": "both", "local_branch": "gine", "pe": ["rwse:16"]}
-"""Our model; the baseline gets the same settings so that its width matches this model's size."""
+HYBRID = {"attention": "both", "local_branch": "gine", "pe": ["rwse:16"], "virtual_node": True}
+"""Our model; the baseline gets the same settings so that its width matches this model's size
+(the GINE baseline has its own virtual node either way)."""
 
 MODELS = {
     "transformer": {"model": "transformer", **HYBRID},

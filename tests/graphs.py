@@ -1,9 +1,12 @@
-"""Random graphs for the tests: batched, with parallel edges, self-loops and isolated nodes."""
+"""Graphs for the tests: random batches (parallel edges, self-loops, isolated nodes) and ring
+molecules with OGB features."""
 
 from __future__ import annotations
 
 import torch
+from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch import Tensor
+from torch_geometric.data import Data
 
 
 def random_batch(
@@ -67,3 +70,19 @@ def bfs_hop_table(edge_index: Tensor, sizes: list[int], cap: int | None = None) 
                 table[query, key] = length if cap is None else min(length, cap)
         tables.append(table.reshape(-1))
     return torch.cat(tables) if tables else torch.zeros(0, dtype=torch.long)
+
+
+def molecule(num_nodes: int, seed: int) -> Data:
+    """A ring molecule with OGB-style categorical atom (9) and bond (3) features."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.arange(num_nodes)
+    dst = (src + 1) % num_nodes
+    edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
+    x = torch.stack(
+        [torch.randint(0, d, (num_nodes,), generator=g) for d in get_atom_feature_dims()], 1
+    )
+    edge_attr = torch.stack(
+        [torch.randint(0, d, (edge_index.size(1),), generator=g) for d in get_bond_feature_dims()],
+        1,
+    )
+    return Data(x=x, edge_index=edge_index, edge_attr=edge_attr, num_nodes=num_nodes)

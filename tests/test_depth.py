@@ -71,6 +71,28 @@ def test_depth_parametrization_scales_every_blocks_branches(molesol, name, lr_fa
     assert optimizer.param_groups[0]["eps"] == pytest.approx(1e-8 * 4**-alpha)
 
 
+def test_depth_parametrization_scales_the_local_branch_and_the_virtual_node(molesol):
+    """The hybrid's message-passing branch and the virtual node's updates are residual branches
+    too: scaled and marked like the attention and the FFN."""
+    task, example = molesol
+    extras = {"local_branch": "gine", "virtual_node": True}
+    config = small(depth_parametrization="completep", base_layers=1, **extras)
+    torch.manual_seed(0)
+    model = make_model(config, task, example)
+    torch.manual_seed(0)
+    plain = make_model(small(**extras), task, example)
+    h, edge_index = torch.randn(5, 16), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    edge_attr = torch.randn(4, model.blocks[0].local_branch.edge_dim)
+    branch, twin = model.blocks[0].local_branch, plain.blocks[0].local_branch
+    scaled = branch(h, edge_index, edge_attr)
+    assert torch.allclose(scaled, 0.25 * twin(h, edge_index, edge_attr), atol=1e-6)
+    assert len(model.virtual_mlps) == 3
+    for update, twin in zip(model.virtual_mlps, plain.virtual_mlps, strict=True):
+        update.eval(), twin.eval()
+        assert torch.allclose(update(h), 0.25 * twin(h), atol=1e-6)
+        assert all(p.depth_mult == 4 for p in update.parameters())
+
+
 @pytest.mark.parametrize(
     ("overrides", "eps"),
     [

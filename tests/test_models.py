@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
-from torch_geometric.data import Batch, Data
+from graphs import molecule
+from torch_geometric.data import Batch
 
 from pyg_mup.graph import GraphStructure
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
 from pyg_mup.mup import MuAdamW, build_mup_model, set_base_shapes, width_infos
-
-ATOM_DIMS, BOND_DIMS = get_atom_feature_dims(), get_bond_feature_dims()
-
-
-def molecule(num_nodes: int, seed: int) -> Data:
-    """A ring molecule with OGB-style categorical atom (9) and bond (3) features."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.arange(num_nodes)
-    dst = (src + 1) % num_nodes
-    edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
-    x = torch.stack([torch.randint(0, d, (num_nodes,), generator=g) for d in ATOM_DIMS], 1)
-    edge_attr = torch.stack(
-        [torch.randint(0, d, (edge_index.size(1),), generator=g) for d in BOND_DIMS], 1
-    )
-    return Data(x=x, edge_index=edge_index, edge_attr=edge_attr, num_nodes=num_nodes)
 
 
 def batch_of(sizes: list[int]) -> Batch:

@@ -79,10 +79,10 @@ class TransformerBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(width, ffn_ratio * width),
             nn.GELU(),
-            _dropout(dropout),
+            dropout_or_identity(dropout),
             nn.Linear(ffn_ratio * width, width),
         )
-        self.dropout = _dropout(dropout)
+        self.dropout = dropout_or_identity(dropout)
 
     def forward(
         self, h: Tensor, structures: dict[str, GraphStructure], edge_attr: Tensor | None
@@ -98,7 +98,7 @@ class TransformerBlock(nn.Module):
         return h + self.dropout(self.ffn(self.norm_ffn(h)))
 
 
-def _dropout(p: float) -> nn.Module:
+def dropout_or_identity(p: float) -> nn.Module:
     """``nn.Dropout(p)``, or ``nn.Identity()`` for ``p == 0``: a zero-rate dropout returns its
     input but still costs a dispatched ``aten::dropout`` per call (4 per block and step, host
     time on a host-bound GPU step). Neither has parameters or buffers: same ``state_dict``."""

@@ -14,25 +14,13 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
+from torch_geometric.nn import GINConv, GINEConv, global_mean_pool
 
 from pyg_mup.mup import MuReadout
 
 from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
 from .encodings import Encoding
-
-
-def _mlp(width: int, out: int, final_act: bool) -> nn.Sequential:
-    """``Linear(width, 2·width) → BN → ReLU → Linear(2·width, out)`` (``→ BN → ReLU``), OGB's."""
-    layers: list[nn.Module] = [
-        nn.Linear(width, 2 * width),
-        nn.BatchNorm1d(2 * width),
-        nn.ReLU(),
-        nn.Linear(2 * width, out),
-    ]
-    if final_act:
-        layers += [nn.BatchNorm1d(out), nn.ReLU()]
-    return nn.Sequential(*layers)
+from .virtual_node import ogb_mlp, update_virtual_node, virtual_node_parameters
 
 
 class GINEVirtualNode(nn.Module):
@@ -101,14 +89,13 @@ class GINEVirtualNode(nn.Module):
         )
         conv_type = GINEConv if edge_features is not None else GINConv
         self.convs = nn.ModuleList(
-            conv_type(_mlp(width, width, False), train_eps=True) for _ in range(layers)
+            conv_type(ogb_mlp(width, width, False), train_eps=True) for _ in range(layers)
         )
         self.norms = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(layers))
         self.virtual_start: nn.Parameter | None = None
         self.virtual_mlps: nn.ModuleList | None = None
         if virtual_node:
-            self.virtual_start = nn.Parameter(torch.zeros(width))
-            self.virtual_mlps = nn.ModuleList(_mlp(width, width, True) for _ in range(layers - 1))
+            self.virtual_start, self.virtual_mlps = virtual_node_parameters(width, layers - 1)
         self.dropout = nn.Dropout(dropout)
         self.head = MuReadout(
             width, out_channels, readout_zero_init=readout_zero_init, output_mult=output_mult
@@ -154,8 +141,9 @@ class GINEVirtualNode(nn.Module):
             if not last:
                 out = out.relu()
             if virtual is not None and not last:
-                pooled = global_add_pool(h, batch, size=num_graphs) + virtual
-                virtual = virtual + self.dropout(self.virtual_mlps[layer](pooled))
+                virtual = update_virtual_node(
+                    self.virtual_mlps[layer], self.dropout, h, virtual, batch, num_graphs
+                )
             h = h + self.dropout(out)
         return self.head(global_mean_pool(h, batch, size=num_graphs))
 

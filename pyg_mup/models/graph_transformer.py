@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
 from pyg_mup.graph import GraphStructure, StructureSpec
 from pyg_mup.mup import MuReadout
 
-from .block import TransformerBlock
+from .block import TransformerBlock, dropout_or_identity
 from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
+from .virtual_node import update_virtual_node, virtual_node_parameters
 
 
 class GraphTransformer(nn.Module):
@@ -50,6 +52,11 @@ class GraphTransformer(nn.Module):
         attention_dropout: dropout on attention weights.
         backend: attention backend of every layer (``'auto'``: see
             :func:`pyg_mup.nn.backends.resolve_backend`).
+        virtual_node: add OGB's virtual node (:mod:`pyg_mup.models.virtual_node`) to every
+            block's input and update it from a sum over the graph between blocks: the only
+            path by which the model sees a graph's size (attention normalises, the pool is a
+            mean). Its updates are not residual branches of the blocks, so
+            ``--depth-parametrization`` scales them separately.
 
     Shapes: ``x`` ``[N, F]`` (or ``None``), ``edge_index`` ``[2, E]``, ``edge_attr``
     ``[E, F_e]``, ``batch`` ``[N]`` → ``[num_graphs, out_channels]``.
@@ -74,6 +81,7 @@ class GraphTransformer(nn.Module):
         encodings: Sequence[str] = (),
         attention_dropout: float = 0.0,
         backend: str = "auto",
+        virtual_node: bool = False,
     ) -> None:
         super().__init__()
         self.width = width
@@ -97,6 +105,11 @@ class GraphTransformer(nn.Module):
             )
             for _ in range(layers)
         )
+        self.virtual_start: nn.Parameter | None = None
+        self.virtual_mlps: nn.ModuleList | None = None
+        if virtual_node:
+            self.virtual_start, self.virtual_mlps = virtual_node_parameters(width, layers - 1)
+        self.virtual_dropout = dropout_or_identity(dropout)
         self.norm = nn.LayerNorm(width)
         self.head = MuReadout(
             width, out_channels, readout_zero_init=readout_zero_init, output_mult=output_mult
@@ -136,7 +149,33 @@ class GraphTransformer(nn.Module):
             self.node_encoder, self.encodings, x, encodings, edge_index, num_nodes, batch
         )
         e = self.edge_encoder(edge_attr, edge_index.size(1)) if self.edge_encoder else None
-        for block in self.blocks:
+        virtual, batch, num_graphs = self._virtual_start(batch, num_nodes, num_graphs, h)
+        for layer, block in enumerate(self.blocks):
+            if virtual is not None:
+                h = h + virtual[batch]
+                if layer < len(self.blocks) - 1:
+                    virtual = update_virtual_node(
+                        self.virtual_mlps[layer],
+                        self.virtual_dropout,
+                        h,
+                        virtual,
+                        batch,
+                        num_graphs,
+                    )
             h = block(h, structures, e)
         pooled = global_mean_pool(self.norm(h), batch, size=num_graphs)
         return self.head(pooled)
+
+    def _virtual_start(
+        self, batch: Tensor | None, num_nodes: int, num_graphs: int | None, h: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, int | None]:
+        """``(v⁰ [num_graphs, width], batch, num_graphs)`` with the virtual node, where a
+        missing ``batch`` means one graph and a missing ``num_graphs`` is read from ``batch`` (a
+        device sync); ``(None, batch, num_graphs)`` as given without one."""
+        if self.virtual_start is None:
+            return None, batch, num_graphs
+        if batch is None:
+            batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=h.device), 1
+        elif num_graphs is None:
+            num_graphs = int(batch.max()) + 1
+        return self.virtual_start.expand(num_graphs, -1), batch, num_graphs

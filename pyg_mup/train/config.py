@@ -211,6 +211,13 @@ class TrainConfig:
         "a message-passing branch beside attention in every block (GPS's local MPNN)",
         choices=("none", *LOCAL_BRANCH_KINDS),
     )
+    virtual_node: bool = setting(
+        False,
+        "model",
+        "OGB's virtual node in the GraphTransformer: a per-graph sum read between blocks, the "
+        "model's only view of graph size (the GINE baseline always has one)",
+        flag="store_true",
+    )
     pe: tuple[str, ...] = setting(
         (),
         "model",

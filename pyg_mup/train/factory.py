@@ -9,7 +9,7 @@ parametrization (``set_base_shapes(model, None)``), plain ``torch.optim.AdamW``.
 Two options act on the built model, so that the model code needs no flag for them:
 ``--zero-query`` zeroes every attention's ``lin_query`` (Tensor Programs V's zero-query init:
 attention starts uniform over the allowed keys), and ``--depth-parametrization`` scales each
-block's residual branches (its attention convolutions and its FFN) by
+block's residual branches (its attention convolutions, message-passing branch and FFN) by
 :func:`pyg_mup.mup.depth_multiplier` with forward hooks and marks the block's parameters for the
 optimizer's depth lr factor (:mod:`pyg_mup.mup.depth`).
 """
@@ -65,6 +65,7 @@ def model_builder(config: TrainConfig, task: Task, example: Data) -> Callable[[i
         local_branch=None if config.local_branch == "none" else config.local_branch,
         encodings=config.pe,
         attention_dropout=config.attention_dropout,
+        virtual_node=config.virtual_node,
         **common,
     )
 
@@ -152,23 +153,31 @@ def zero_queries(model: nn.Module) -> int:
 
 
 def residual_branches(block: nn.Module) -> list[nn.Module]:
-    """A Transformer block's residual branches: its attention convolutions and its FFN."""
+    """A Transformer block's residual branches: its attention convolutions, its
+    message-passing branch if any, and its FFN."""
     attn, ffn = getattr(block, "attn", None), getattr(block, "ffn", None)
     if not isinstance(attn, nn.ModuleDict) or not isinstance(ffn, nn.Module):
         raise ConfigError(
             "--depth-parametrization needs blocks with .attn (ModuleDict) and .ffn branches; "
             f"{type(block).__name__} has none"
         )
-    return [*attn.values(), ffn]
+    local = getattr(block, "local_branch", None)
+    return [*attn.values(), *([local] if local is not None else []), ffn]
 
 
 def scale_depth(model: nn.Module, layers: int, base: int, alpha: float) -> None:
-    """Apply a depth parametrization to ``model.blocks`` (see :mod:`pyg_mup.mup.depth`)."""
+    """Apply a depth parametrization to ``model.blocks`` and to the virtual node's updates, the
+    other residual stream that grows with depth (see :mod:`pyg_mup.mup.depth`)."""
     multiplier = depth_multiplier(layers, base, alpha)
+    branches = []
     for block in model.blocks:
         mark_residual_branch(block, layers, base, alpha)
-        for branch in residual_branches(block):
-            scale_residual_branch(branch, multiplier)
+        branches += residual_branches(block)
+    for update in getattr(model, "virtual_mlps", None) or ():
+        mark_residual_branch(update, layers, base, alpha)
+        branches.append(update)
+    for branch in branches:
+        scale_residual_branch(branch, multiplier)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
