@@ -53,9 +53,9 @@ class GraphTransformer(nn.Module):
         backend: attention backend of every layer (``'auto'``: see
             :func:`pyg_mup.nn.backends.resolve_backend`).
         virtual_node: add OGB's virtual node (:mod:`pyg_mup.models.virtual_node`) to every
-            block's input and update it from a sum over the graph between blocks: the only
-            path by which the model sees a graph's size (attention normalises, the pool is a
-            mean). Its updates are not residual branches of the blocks, so
+            block's input and update it from a sum over the graph between blocks, so that the
+            model reads a graph's size directly (attention normalises, the pool is a mean).
+            Its updates are not residual branches of the blocks, so
             ``--depth-parametrization`` scales them separately.
 
     Shapes: ``x`` ``[N, F]`` (or ``None``), ``edge_index`` ``[2, E]``, ``edge_attr``

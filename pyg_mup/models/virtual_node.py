@@ -1,8 +1,9 @@
 """OGB's virtual node: one extra node per graph, joined to every node, shared by both models.
 
-Attention normalises over the keys and the readout is a mean, so a graph transformer alone sees
-no graph size; the virtual node reads a **sum** over the graph's nodes (Gilmer et al. 2017; OGB's
-GIN-virtual), which carries it. Extensive targets (solubility, free energies) grow with size.
+Attention normalises over the keys and the readout is a mean, so a graph transformer reads a
+graph's size at most indirectly; the virtual node reads a **sum** over the graph's nodes (Gilmer
+et al. 2017; OGB's GIN-virtual), which carries it. Extensive targets (solubility, free energies)
+grow with size.
 """
 
 from __future__ import annotations

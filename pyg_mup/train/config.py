@@ -214,8 +214,8 @@ class TrainConfig:
     virtual_node: bool = setting(
         False,
         "model",
-        "OGB's virtual node in the GraphTransformer: a per-graph sum read between blocks, the "
-        "model's only view of graph size (the GINE baseline always has one)",
+        "OGB's virtual node in the GraphTransformer: a per-graph sum read between blocks, "
+        "through which the model sees graph size (the GINE baseline always has one)",
         flag="store_true",
     )
     pe: tuple[str, ...] = setting(
