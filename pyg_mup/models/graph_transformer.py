@@ -13,7 +13,7 @@ from pyg_mup.mup import MuReadout
 
 from .block import TransformerBlock, dropout_or_identity
 from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
-from .virtual_node import update_virtual_node, virtual_node_parameters
+from .virtual_node import VirtualNodeInput, update_virtual_node, virtual_node_parameters
 
 
 class GraphTransformer(nn.Module):
@@ -55,7 +55,7 @@ class GraphTransformer(nn.Module):
         virtual_node: add OGB's virtual node (:mod:`pyg_mup.models.virtual_node`) to every
             block's input and update it from a sum over the graph between blocks, so that the
             model reads a graph's size directly (attention normalises, the pool is a mean).
-            Its updates are not residual branches of the blocks, so
+            Its updates and its message to the nodes are not branches of the blocks, so
             ``--depth-parametrization`` scales them separately.
 
     Shapes: ``x`` ``[N, F]`` (or ``None``), ``edge_index`` ``[2, E]``, ``edge_attr``
@@ -107,8 +107,10 @@ class GraphTransformer(nn.Module):
         )
         self.virtual_start: nn.Parameter | None = None
         self.virtual_mlps: nn.ModuleList | None = None
+        self.virtual_input: VirtualNodeInput | None = None
         if virtual_node:
             self.virtual_start, self.virtual_mlps = virtual_node_parameters(width, layers - 1)
+            self.virtual_input = VirtualNodeInput()
         self.virtual_dropout = dropout_or_identity(dropout)
         self.norm = nn.LayerNorm(width)
         self.head = MuReadout(
@@ -152,7 +154,7 @@ class GraphTransformer(nn.Module):
         virtual, batch, num_graphs = self._virtual_start(batch, num_nodes, num_graphs, h)
         for layer, block in enumerate(self.blocks):
             if virtual is not None:
-                h = h + virtual[batch]
+                h = h + self.virtual_input(virtual, batch)
                 if layer < len(self.blocks) - 1:
                     virtual = update_virtual_node(
                         self.virtual_mlps[layer],

@@ -46,3 +46,16 @@ def update_virtual_node(
     """
     pooled = global_add_pool(h, batch, size=num_graphs) + virtual
     return virtual + dropout(mlp(pooled))
+
+
+class VirtualNodeInput(nn.Module):
+    """``v[batch]``: the virtual node's message to each node of its graph, added to the node's
+    features before every block. A module of its own (no parameters), so that a depth rule can
+    scale it with a forward hook like any residual branch: added at every one of ``L`` blocks,
+    an unscaled message would grow the residual stream with depth.
+
+    Shapes: ``virtual`` ``[num_graphs, width]``, ``batch`` ``[N]`` → ``[N, width]``.
+    """
+
+    def forward(self, virtual: Tensor, batch: Tensor) -> Tensor:
+        return virtual[batch]

@@ -166,8 +166,9 @@ def residual_branches(block: nn.Module) -> list[nn.Module]:
 
 
 def scale_depth(model: nn.Module, layers: int, base: int, alpha: float) -> None:
-    """Apply a depth parametrization to ``model.blocks`` and to the virtual node's updates, the
-    other residual stream that grows with depth (see :mod:`pyg_mup.mup.depth`)."""
+    """Apply a depth parametrization to ``model.blocks`` and to the virtual node, whose updates
+    (its own residual stream) and whose message added to the nodes before every block would
+    otherwise grow with depth (see :mod:`pyg_mup.mup.depth`)."""
     multiplier = depth_multiplier(layers, base, alpha)
     branches = []
     for block in model.blocks:
@@ -176,6 +177,8 @@ def scale_depth(model: nn.Module, layers: int, base: int, alpha: float) -> None:
     for update in getattr(model, "virtual_mlps", None) or ():
         mark_residual_branch(update, layers, base, alpha)
         branches.append(update)
+    if getattr(model, "virtual_input", None) is not None:
+        branches.append(model.virtual_input)
     for branch in branches:
         scale_residual_branch(branch, multiplier)
 
