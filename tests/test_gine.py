@@ -200,3 +200,5 @@ def test_match_parameters_sizes_the_baseline_like_the_transformer():
     assert max(mults) > 1  # μP against the matched base width, not built at its own base
     with pytest.raises(ConfigError, match="--match-parameters sizes the --model gine baseline"):
         TrainConfig(**settings, match_parameters=True).validate()
+    with pytest.raises(ConfigError, match="the --model gine baseline has none"):
+        TrainConfig(**settings, model="gine", depth_parametrization="completep").validate()

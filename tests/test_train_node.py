@@ -90,3 +90,15 @@ def test_neighbour_sampling_without_its_backend_says_what_to_install(tmp_path):
     with pytest.raises(ConfigError, match="needs pyg-lib or torch-sparse"):
         train(config)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("virtual_node", True), ("attention", "both"), ("pe", ("rwse:8",)), ("model", "gine")],
+)
+def test_graph_level_settings_are_refused_for_node_datasets(setting, value):
+    """The NodeTransformer has none of these: a run must not train without them silently."""
+    flag = setting.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"--{flag} is for graph-level datasets: ogbn-arxiv"):
+        TrainConfig(dataset="ogbn-arxiv", **{setting: value}).validate()
+    TrainConfig(dataset="ogbn-arxiv").validate()

@@ -36,6 +36,16 @@ RESUMABLE = frozenset(
 """Settings that may differ between a run and its resumption (none changes the results)."""
 
 NODE_BATCHING = ("auto", "full", "sampled")
+GRAPH_LEVEL_SETTINGS = (
+    "model",
+    "attention",
+    "local_branch",
+    "pe",
+    "attention_dropout",
+    "virtual_node",
+    "match_parameters",
+)
+"""Model settings the graph-level models read and the ``ogbn-*`` NodeTransformer has not."""
 LR_SCHEDULES = ("constant", "cosine")
 FULL_GRAPH_MAX_EDGES = 5_000_000
 """``--node-batching auto`` trains full-graph up to this many edges, with sampling beyond."""
@@ -327,6 +337,19 @@ class TrainConfig:
             raise ConfigError(
                 f"--depth-parametrization must be one of {', '.join(DEPTH_PARAMETRIZATIONS)}"
             )
+        if self.depth_parametrization != "none" and self.model == "gine":
+            raise ConfigError(
+                "--depth-parametrization scales the GraphTransformer's residual branches; the "
+                "--model gine baseline has none (use --depth-parametrization none)"
+            )
+        if self.dataset.startswith("ogbn-"):
+            defaults = TrainConfig()
+            for name in GRAPH_LEVEL_SETTINGS:
+                if getattr(self, name) != getattr(defaults, name):
+                    raise ConfigError(
+                        f"--{_flag(name)} is for graph-level datasets: {self.dataset} trains the "
+                        "NodeTransformer (local attention, no branches, encodings or virtual node)"
+                    )
         if self.base_layers is not None and (
             not isinstance(self.base_layers, int) or self.base_layers < 1
         ):
