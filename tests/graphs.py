@@ -86,3 +86,8 @@ def molecule(num_nodes: int, seed: int) -> Data:
         1,
     )
     return Data(x=x, edge_index=edge_index, edge_attr=edge_attr, num_nodes=num_nodes)
+
+
+def predict(model: torch.nn.Module, batch) -> Tensor:
+    """A graph-level model's ``[num_graphs, out]`` on a PyG ``Batch`` of molecules."""
+    return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graphs import molecule
+from graphs import molecule, predict
 from torch_geometric.data import Batch
 
 from pyg_mup.graph import GraphStructure
@@ -16,10 +16,6 @@ def batch_of(sizes: list[int]) -> Batch:
     return Batch.from_data_list([molecule(n, i) for i, n in enumerate(sizes)])
 
 
-def run(model: torch.nn.Module, b: Batch) -> torch.Tensor:
-    return model(b.x, b.edge_index, b.edge_attr, b.batch, b.num_graphs)
-
-
 def sp(model: torch.nn.Module) -> torch.nn.Module:
     return set_base_shapes(model, None)
 
@@ -29,7 +25,7 @@ def test_graph_transformer_shapes_and_gradients(attention):
     torch.manual_seed(0)
     model = sp(GraphTransformer(3, width=16, layers=2, heads=2, attention=attention))
     torch.nn.init.normal_(model.head.weight)
-    out = run(model, batch_of([5, 7, 4]))
+    out = predict(model, batch_of([5, 7, 4]))
     assert out.shape == (3, 3)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -46,21 +42,26 @@ def test_structure_is_built_once_per_batch(attention, monkeypatch):
 
     monkeypatch.setattr(GraphStructure, "build", staticmethod(counting))
     model = sp(GraphTransformer(1, width=16, layers=3, heads=2, attention=attention))
-    run(model, batch_of([4, 6]))
+    predict(model, batch_of([4, 6]))
     expected = ["local", "global"] if attention == "both" else [attention]
     assert sorted(calls) == sorted(expected)
 
 
+@pytest.mark.parametrize("virtual_node", [False, True])
 @pytest.mark.parametrize("attention", ["local", "both"])
-def test_a_graphs_prediction_does_not_depend_on_its_batch(attention):
-    """What data parallelism relies on: per-graph outputs are independent of batch-mates."""
+def test_a_graphs_prediction_does_not_depend_on_its_batch(attention, virtual_node):
+    """What data parallelism relies on: per-graph outputs are independent of batch-mates (the
+    virtual node sums within each graph)."""
     torch.manual_seed(0)
-    model = sp(GraphTransformer(2, width=16, layers=2, heads=2, attention=attention))
+    model = GraphTransformer(
+        2, width=16, layers=2, heads=2, attention=attention, virtual_node=virtual_node
+    )
+    model = sp(model)
     torch.nn.init.normal_(model.head.weight)
     model.eval()
     graphs = [molecule(n, i) for i, n in enumerate([5, 8, 3, 6])]
-    together = run(model, Batch.from_data_list(graphs))
-    alone = torch.cat([run(model, Batch.from_data_list([g])) for g in graphs])
+    together = predict(model, Batch.from_data_list(graphs))
+    alone = torch.cat([predict(model, Batch.from_data_list([g])) for g in graphs])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
 
 
@@ -84,7 +85,7 @@ def test_mup_model_has_width_info_and_sp_twin_matches_at_base_width():
     for (name, a), b in zip(mup_model.named_parameters(), sp_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     b = batch_of([4, 5])
-    torch.testing.assert_close(run(mup_model, b), run(sp_model, b))
+    torch.testing.assert_close(predict(mup_model, b), predict(sp_model, b))
     MuAdamW(mup_model, lr=1e-3)  # every parameter has μP groups
 
 

@@ -1,11 +1,11 @@
-"""The GraphTransformer's virtual node: it carries graph size, keeps graphs independent in a
-batch, and its MLPs follow μP's hidden rules (a flat coord check)."""
+"""The GraphTransformer's virtual node: it carries graph size, needs no batch vector for one
+graph, keeps the GINE baseline's parameter names, and its MLPs follow μP's hidden rules (a flat
+coord check). Batch independence: ``test_models.py``; depth rules: ``test_depth.py``."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from graphs import molecule
+from graphs import molecule, predict
 from torch_geometric.data import Batch, Data
 
 from pyg_mup import mup
@@ -24,10 +24,6 @@ def twice(graph: Data) -> Data:
     )
 
 
-def run(model: torch.nn.Module, b: Batch) -> torch.Tensor:
-    return model(b.x, b.edge_index, b.edge_attr, b.batch, b.num_graphs)
-
-
 def transformer(virtual_node: bool, **kwargs) -> GraphTransformer:
     torch.manual_seed(0)
     model = GraphTransformer(
@@ -43,22 +39,17 @@ def test_the_virtual_node_lets_the_model_see_graph_size():
     prediction; the virtual node's sum tells them apart."""
     graph = molecule(6, seed=0)
     pair = Batch.from_data_list([graph, twice(graph)])
-    plain = run(transformer(False, attention="local"), pair)
+    plain = predict(transformer(False, attention="local"), pair)
     torch.testing.assert_close(plain[0], plain[1])
-    sized = run(transformer(True, attention="local"), pair)
+    sized = predict(transformer(True, attention="local"), pair)
     assert (sized[0] - sized[1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("attention", ["local", "both"])
-def test_a_graphs_prediction_does_not_depend_on_its_batch(attention):
-    model = transformer(True, attention=attention)
-    graphs = [molecule(n, i) for i, n in enumerate([5, 8, 3, 6])]
-    together = run(model, Batch.from_data_list(graphs))
-    alone = torch.cat([run(model, Batch.from_data_list([g])) for g in graphs])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+def test_a_single_graph_needs_no_batch_vector():
+    model = transformer(True, attention="both")
     single = molecule(7, seed=9)
     without_batch = model(single.x, single.edge_index, single.edge_attr)
-    torch.testing.assert_close(without_batch, run(model, Batch.from_data_list([single])))
+    torch.testing.assert_close(without_batch, predict(model, Batch.from_data_list([single])))
 
 
 def test_state_dict_names_follow_the_gine_baseline():
@@ -88,7 +79,7 @@ def test_mup_shapes_and_coord_check():
     batch = Batch.from_data_list([data.dataset[int(i)] for i in data.split_idx["train"][:64]])
 
     def loss(m, _):
-        return torch.nn.functional.mse_loss(run(m, batch), batch.y)
+        return torch.nn.functional.mse_loss(predict(m, batch), batch.y)
 
     def ratios(use_mup):
         records = mup.coord_check(

@@ -108,10 +108,11 @@ class GraphTransformer(nn.Module):
         self.virtual_start: nn.Parameter | None = None
         self.virtual_mlps: nn.ModuleList | None = None
         self.virtual_input: VirtualNodeInput | None = None
+        self.virtual_dropout: nn.Module | None = None
         if virtual_node:
             self.virtual_start, self.virtual_mlps = virtual_node_parameters(width, layers - 1)
             self.virtual_input = VirtualNodeInput()
-        self.virtual_dropout = dropout_or_identity(dropout)
+            self.virtual_dropout = dropout_or_identity(dropout)
         self.norm = nn.LayerNorm(width)
         self.head = MuReadout(
             width, out_channels, readout_zero_init=readout_zero_init, output_mult=output_mult
