@@ -24,7 +24,7 @@ def graphs():
     return [dataset[i] for i in range(24)]
 
 
-def _model(attention: str, backend: str = "auto", layers: int = 2) -> torch.nn.Module:
+def _model(attention: str, backend: str = "auto", layers: int = 2, **options) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_mup_model(
         lambda width: GraphTransformer(
@@ -35,6 +35,7 @@ def _model(attention: str, backend: str = "auto", layers: int = 2) -> torch.nn.M
             attention=attention,
             dropout=0.1,
             backend=backend,
+            **options,
         ),
         width=32,
         base_width=16,
@@ -65,9 +66,17 @@ def _step(model, optimizer, item) -> torch.Tensor:
     return loss.detach()
 
 
-@pytest.mark.parametrize("attention", ["local", "global", "both"])
-def test_training_step_has_no_data_dependent_ops(graphs, attention):
-    model = _model(attention)
+@pytest.mark.parametrize(
+    ("attention", "options"),
+    [
+        ("local", {}),
+        ("global", {}),
+        ("both", {}),
+        ("both", {"local_branch": "gine", "virtual_node": True}),  # the hybrid of the results
+    ],
+)
+def test_training_step_has_no_data_dependent_ops(graphs, attention, options):
+    model = _model(attention, **options)
     optimizer = MuAdamW(model, lr=1e-3, fused=True)  # torch's default Adam reads `step`
     collate = StructureCollater(model.structure_spec("cpu"))
     _step(model, optimizer, collate(graphs[:8]))  # optimizer state exists from here on
