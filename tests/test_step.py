@@ -106,12 +106,16 @@ def test_global_forward_on_flex_attention_has_no_data_dependent_ops(graphs):
 
 
 @pytest.mark.slow
-def test_compiled_model_has_no_graph_break_and_trains_like_eager(graphs):
+@pytest.mark.parametrize(
+    ("layers", "options"), [(1, {}), (2, {"local_branch": "gine", "virtual_node": True})]
+)
+def test_compiled_model_has_no_graph_break_and_trains_like_eager(graphs, layers, options):
     """``torch.compile(fullgraph=True)`` of the model on the message-passing backend: no graph
     break (fullgraph raises on one), and a few training steps give eager's losses. One batch
-    for every step: each new shape would compile again, and compile time is the test's cost."""
-    eager = _model("both", backend="message_passing", layers=1)
-    compiled = _model("both", backend="message_passing", layers=1)
+    for every step: each new shape would compile again, and compile time is the test's cost.
+    The hybrid has two blocks, so that the virtual node is updated between them."""
+    eager = _model("both", backend="message_passing", layers=layers, **options)
+    compiled = _model("both", backend="message_passing", layers=layers, **options)
     compiled.load_state_dict(eager.state_dict())
     for model in (eager, compiled):  # dropout off: the two must see the same function
         model.eval()
