@@ -17,7 +17,8 @@ from .virtual_node import VirtualNodeInput, update_virtual_node, virtual_node_pa
 
 
 class GraphTransformer(nn.Module):
-    r"""Encoders → ``layers`` pre-norm Transformer blocks → LayerNorm → mean pool → readout.
+    r"""Encoders → ``layers`` pre-norm Transformer blocks (with ``virtual_node``, OGB's virtual
+    node between them) → LayerNorm → mean pool → readout.
 
     The attention structures of a batch (block masks, pair tables, hop distances) are built once
     per batch and shared by every block: in the data loader (:meth:`structure_spec` gives what to
