@@ -28,7 +28,7 @@ from torch_geometric.data.storage import GlobalStorage
 from pyg_mup.data.cache import _dataset_class, _install, _is_current
 from pyg_mup.data.keys import describe_transform, processed_name
 from pyg_mup.data.roots import _dataset_folder, _resolve
-from pyg_mup.data.tasks import EMBEDDED_DATASET, DatasetError, Task, _level, task_of
+from pyg_mup.data.tasks import EMBEDDED_DATASET, DatasetError, Task, dataset_level, task_of
 from pyg_mup.data.verify import _download_help, _verify_once
 
 
@@ -82,7 +82,7 @@ def _construct(
         )
     try:
         with _ogb_guard():
-            dataset = _dataset_class(_level(name))(
+            dataset = _dataset_class(dataset_level(name))(
                 name=name,
                 root=str(root),
                 pre_transform=pre_transform,

@@ -75,10 +75,11 @@ def _master(level: str) -> pd.DataFrame:
 
 
 def _meta(name: str) -> pd.Series:
-    return _master(_level(name))[name]
+    return _master(dataset_level(name))[name]
 
 
-def _level(name: str) -> Literal["graph", "node"]:
+def dataset_level(name: str) -> Literal["graph", "node"]:
+    """``'node'`` for ``ogbn-*`` datasets (one prediction per node), else ``'graph'``."""
     return "node" if name.startswith("ogbn-") else "graph"
 
 
@@ -106,7 +107,7 @@ def task_of(name: str) -> Task:
     meta = _meta(name)
     return Task(
         name=name,
-        level=_level(name),
+        level=dataset_level(name),
         task_type=meta["task type"],
         num_tasks=int(meta["num tasks"]),
         num_classes=int(meta["num classes"]),
@@ -116,7 +117,7 @@ def task_of(name: str) -> Task:
 
 def make_evaluator(name: str) -> Any:
     """``ogb``'s ``Evaluator`` for ``name``; ``.eval({'y_true', 'y_pred'})`` gives the metric."""
-    if _level(name) == "node":
+    if dataset_level(name) == "node":
         from ogb.nodeproppred import Evaluator
     else:
         from ogb.graphproppred import Evaluator
@@ -131,7 +132,7 @@ def folder_name(name: str) -> str:
 def required_files(name: str) -> list[str]:
     """Files (relative to the dataset folder) that ``ogb`` reads, besides the release marker."""
     meta = _meta(name)
-    label = "graph-label" if _level(name) == "graph" else "node-label"
+    label = "graph-label" if dataset_level(name) == "graph" else "node-label"
     if meta["binary"] == "True":
         raw = ["data.npz", f"{label}.npz"]
     else:

@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from pyg_mup.data.files import _VERIFIED, _fingerprint, _write_atomic
-from pyg_mup.data.tasks import DatasetError, _level, _meta, folder_name, marker, required_files
+from pyg_mup.data.tasks import (
+    DatasetError,
+    _meta,
+    dataset_level,
+    folder_name,
+    marker,
+    required_files,
+)
 
 
 def _download_help(name: str, root: Path) -> str:
@@ -146,7 +153,7 @@ def _verify_csv(name: str, folder: Path) -> int:
             rows = len(_read_table(folder, rel))
             _expect_rows(folder / rel, rows, total[kind], sums[kind])
 
-    level = _level(name)
+    level = dataset_level(name)
     items = len(num_nodes) if level == "graph" else total["node"]
     rel = f"raw/{level}-label.csv.gz"
     labels = _read_table(folder, rel, columns=int(meta["num tasks"]), allow_nan=True)
@@ -164,11 +171,11 @@ def _verify_binary(name: str, folder: Path) -> int:
             num_nodes = arrays["num_nodes_list"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise _fail(path, f"cannot be read as OGB's data.npz ({error})") from error
-    return len(num_nodes) if _level(name) == "graph" else int(num_nodes.sum())
+    return len(num_nodes) if dataset_level(name) == "graph" else int(num_nodes.sum())
 
 
 def _verify_splits(name: str, folder: Path, items: int) -> None:
-    what = "graphs" if _level(name) == "graph" else "nodes"
+    what = "graphs" if dataset_level(name) == "graph" else "nodes"
     for rel in required_files(name):
         if rel.startswith("split/"):
             index = _read_table(folder, rel, columns=1, integral=True)[:, 0]

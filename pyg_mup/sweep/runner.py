@@ -41,7 +41,7 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     # Copy/process the dataset once, here: workers then only read the cache (and a wrong --root
     # fails before any trial starts).
     settings = spec.trial_config({a: v[0] for a, v in spec.grid.items()})
-    transform = dataset_transform(settings) if settings.dataset.startswith("ogbg-") else None
+    transform = dataset_transform(settings)
     load_dataset(settings.dataset, settings.root, settings.cache_dir, pre_transform=transform)
     Path(spec.out).mkdir(parents=True, exist_ok=True)
     open_study(spec, create=True)

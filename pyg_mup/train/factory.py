@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform, Compose
 
-from pyg_mup.data import Task
+from pyg_mup.data import Task, dataset_level
 from pyg_mup.graph import AddHopDistance
 from pyg_mup.models import GraphTransformer, NodeTransformer, feature_specs
 from pyg_mup.models.encodings import encoding_transform
@@ -106,7 +106,10 @@ def model_widths(config: TrainConfig, task: Task, example: Data) -> tuple[int, i
 
 def dataset_transform(config: TrainConfig) -> BaseTransform | None:
     """The ``pre_transform`` the run's model reads: hop distances for global attention and the
-    stored node encodings, computed once per dataset and cached with it."""
+    stored node encodings, computed once per dataset and cached with it (``None`` for node-level
+    datasets: the NodeTransformer reads neither)."""
+    if dataset_level(config.dataset) == "node":
+        return None
     transforms = []
     if config.model == "transformer" and config.attention != "local":
         transforms.append(AddHopDistance())

@@ -123,7 +123,7 @@ class _Run:
         if not self.dist.is_main:
             barrier()
         c = self.config
-        transform = dataset_transform(c) if c.dataset.startswith("ogbg-") else None
+        transform = dataset_transform(c)
         data = load_dataset(c.dataset, c.root, c.cache_dir, pre_transform=transform)
         if self.dist.is_main:
             barrier()
