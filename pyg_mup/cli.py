@@ -18,7 +18,8 @@ from pyg_mup.data import EMBEDDED_DATASET, DatasetError, known_datasets, task_of
 from pyg_mup.sweep import SweepError, load_recipe, recipe_values
 from pyg_mup.sweep.space import OBJECTIVES
 from pyg_mup.train import CheckpointError, ConfigError, RunDirError, TrainConfig, train
-from pyg_mup.train.config import GROUPS, SETTINGS, parse_setting, settings_in, value_type
+from pyg_mup.train.config import GROUPS
+from pyg_mup.train.settings import SETTINGS, parse_setting, settings_in, value_type
 
 USER_ERRORS = (ConfigError, RunDirError, DatasetError, CheckpointError)
 DIVERGED = 3

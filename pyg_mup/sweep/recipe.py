@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pyg_mup.train.config import RECIPE_KEYS, ConfigError
+from pyg_mup.train.config import ConfigError
+from pyg_mup.train.settings import RECIPE_KEYS
 
 from .space import OBJECTIVES
 

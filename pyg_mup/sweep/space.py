@@ -15,7 +15,8 @@ from typing import Any
 
 import optuna
 
-from pyg_mup.train.config import SETTINGS, TrainConfig, parse_setting, value_type
+from pyg_mup.train.config import TrainConfig
+from pyg_mup.train.settings import SETTINGS, parse_setting, value_type
 
 DERIVED = {"log2_lr": "lr", "parametrization": "mup"}
 """Axis names that are not settings, and the setting each one sets."""

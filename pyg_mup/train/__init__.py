@@ -1,6 +1,8 @@
 """Training on OGB datasets: ``pyg-mup train`` / ``python -m pyg_mup.train`` / :func:`train`.
 
-Modules, one job each: :mod:`.config` (settings), :mod:`.factory` (model, optimizer, schedule),
+Modules, one job each: :mod:`.config` (settings and their checks), :mod:`.settings` (the
+settings by name, group and command-line text), :mod:`.resume` (what ``--resume`` may
+change), :mod:`.factory` (model, optimizer, schedule),
 :mod:`.objective` (losses and Evaluator inputs per task), :mod:`.workload` (batches, shards,
 evaluation), :mod:`.loop` (the run), :mod:`.checkpoint` (atomic files, RNG states),
 :mod:`.rundir` (the output folder), :mod:`.report` (console lines, metrics and summary),

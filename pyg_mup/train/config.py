@@ -1,8 +1,8 @@
 """The settings of a training run, their defaults and their checks.
 
 Defaults train the embedded dataset (``ogbg-molesol``) on two CPU cores in a few minutes.
-A run's settings are stored in its checkpoint; ``--resume`` takes them from there, and only the
-:data:`RESUMABLE` ones (how long, where, on what device) may be changed on the way.
+Each field is declared once with :func:`setting`; :mod:`.settings` turns the declarations into
+flags, sweep axes and recipe keys, and :mod:`.resume` says which may change on ``--resume``.
 """
 
 from __future__ import annotations
@@ -12,28 +12,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pyg_mup.data import EMBEDDED_DATASET
+from pyg_mup.data import EMBEDDED_DATASET, dataset_level
 from pyg_mup.models import ATTENTION_KINDS
 from pyg_mup.models.encodings import parse_encodings
 from pyg_mup.models.local_branch import LOCAL_BRANCH_KINDS
-
-RESUMABLE = frozenset(
-    {
-        "epochs",
-        "max_minutes",
-        "device",
-        "num_workers",
-        "progress",
-        "resume",
-        "overwrite",
-        "out",
-        "root",
-        "cache_dir",
-        "eval_batch_size",
-        "eval_every",
-    }
-)
-"""Settings that may differ between a run and its resumption (none changes the results)."""
 
 NODE_BATCHING = ("auto", "full", "sampled")
 GRAPH_LEVEL_SETTINGS = (
@@ -57,7 +39,8 @@ class ConfigError(ValueError):
 
 GROUPS = ("data", "model", "optimisation", "run")
 """Settings by group: *model* and *optimisation* settings make the recipe a sweep hands on
-(:data:`RECIPE_KEYS`); *data* and *run* settings say what to train on and where, not how."""
+(:data:`~.settings.RECIPE_KEYS`); *data* and *run* settings say what to train on and where,
+not how."""
 
 DEPTH_PARAMETRIZATIONS = ("none", "depth-mup", "completep")
 
@@ -291,7 +274,7 @@ class TrainConfig:
         for name in (*positive, "heads", "base_width", "max_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+                raise ConfigError(f"--{flag_name(name)} must be a positive integer, got {value!r}")
         if self.width % self.heads:
             nearest = self.heads * max(1, self.width // self.heads)
             raise ConfigError(
@@ -310,17 +293,19 @@ class TrainConfig:
             raise ConfigError(f"--node-batching must be one of {', '.join(NODE_BATCHING)}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{flag_name(name)} must be in [0, 1), got {getattr(self, name)}"
+                )
         try:
             parse_encodings(self.pe)
         except ValueError as error:
             raise ConfigError(f"--pe: {error}") from None
         for name in ("lr", "output_mult"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"--{_flag(name)} must be positive")
+                raise ConfigError(f"--{flag_name(name)} must be positive")
         for name in ("weight_decay", "clip_grad", "warmup_steps", "num_workers", "seed"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must not be negative")
+                raise ConfigError(f"--{flag_name(name)} must not be negative")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError("--max-minutes must be positive")
         if self.max_samples is not None and self.max_samples < 1:
@@ -342,13 +327,14 @@ class TrainConfig:
                 "--depth-parametrization scales the GraphTransformer's residual branches; the "
                 "--model gine baseline has none (use --depth-parametrization none)"
             )
-        if self.dataset.startswith("ogbn-"):
+        if dataset_level(self.dataset) == "node":
             defaults = TrainConfig()
             for name in GRAPH_LEVEL_SETTINGS:
                 if getattr(self, name) != getattr(defaults, name):
                     raise ConfigError(
-                        f"--{_flag(name)} is for graph-level datasets: {self.dataset} trains the "
-                        "NodeTransformer (local attention, no branches, encodings or virtual node)"
+                        f"--{flag_name(name)} is for graph-level datasets: {self.dataset} trains "
+                        "the NodeTransformer (local attention, no branches, encodings or virtual "
+                        "node)"
                     )
         if self.base_layers is not None and (
             not isinstance(self.base_layers, int) or self.base_layers < 1
@@ -378,81 +364,6 @@ class TrainConfig:
         return {f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """A setting's command-line flag without its dashes: ``base_width`` → ``base-width``."""
     return name.replace("_", "-")
-
-
-SETTINGS = {f.name: f for f in fields(TrainConfig)}
-"""Every setting by name, with its :func:`setting` metadata."""
-
-SHAPES = ("width", "layers")
-"""What a recipe is applied *to*: the only model settings it does not carry."""
-
-RECIPE_KEYS = tuple(
-    name
-    for name, f in SETTINGS.items()
-    if f.metadata["group"] in ("model", "optimisation")
-    and name not in (*SHAPES, "base_width", "base_layers")
-)
-"""The hyperparameters a sweep's recipe.json holds (its base shapes are stored beside them)."""
-
-
-def settings_in(group: str) -> tuple[str, ...]:
-    """The names of the settings of one of :data:`GROUPS`, in declaration order."""
-    return tuple(name for name, f in SETTINGS.items() if f.metadata["group"] == group)
-
-
-def value_type(name: str) -> type:
-    """The Python type of a setting's values (``int`` for ``int | None``, …)."""
-    annotation = str(SETTINGS[name].type).replace(" | None", "")
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(annotation, str)
-
-
-def parse_setting(name: str, text: str) -> Any:
-    """``text`` (from a command line) as a value of setting ``name``; ``ValueError`` if not."""
-    if name not in SETTINGS:
-        raise ValueError(f"unknown setting {name!r}")
-    meta = SETTINGS[name].metadata
-    if meta["parse"] is not None:
-        value = meta["parse"](text)
-    elif value_type(name) is bool:
-        lowered = text.lower()
-        if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"--{_flag(name)} takes true or false, got {text!r}")
-        value = lowered in ("true", "1", "yes")
-    else:
-        try:
-            value = value_type(name)(text)
-        except ValueError:
-            raise ValueError(
-                f"--{_flag(name)} takes {value_type(name).__name__} values, got {text!r}"
-            ) from None
-    if meta["choices"] is not None and value not in meta["choices"]:
-        raise ValueError(f"--{_flag(name)} must be one of {', '.join(map(str, meta['choices']))}")
-    return value
-
-
-def resumed_config(stored: dict[str, Any], given: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """The run's stored settings, with the :data:`RESUMABLE` ones the user gave on top.
-
-    Raises :class:`ConfigError` if the user explicitly asked for a different value of a setting
-    that shapes the run (``--width``, ``--lr``, …): resuming cannot change it.
-    """
-    config = TrainConfig.from_dict(stored)
-    for name in sorted(explicit):
-        value = getattr(given, name)
-        if name == "epochs" and config.lr_schedule == "cosine" and value != config.epochs:
-            raise ConfigError(
-                f"--epochs {value} differs from the run being resumed ({config.epochs}) and its "
-                "--lr-schedule cosine decays over exactly those epochs"
-            )
-        if name in RESUMABLE:
-            setattr(config, name, value)
-        elif value != getattr(config, name):
-            raise ConfigError(
-                f"--{_flag(name)} {value} differs from the run being resumed "
-                f"({getattr(config, name)}); a resumed run keeps its settings (start a new --out "
-                "to change them)"
-            )
-    config.resume = True
-    return config

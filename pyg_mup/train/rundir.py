@@ -14,7 +14,8 @@ from typing import Any
 
 from . import checkpoint
 from .checkpoint import atomic_write
-from .config import ConfigError, TrainConfig, resumed_config
+from .config import ConfigError, TrainConfig
+from .resume import resumed_config
 
 
 class RunDirError(RuntimeError):
@@ -61,7 +62,7 @@ class RunDir:
         """``(config, state)`` of the run this folder is to take, checked before anything in it
         is written: a fresh run's ``config`` and ``None`` (refused over an old run without
         ``overwrite``); on ``--resume``, the stored settings with ``config``'s ``explicit`` ones
-        applied (:func:`~.config.resumed_config`) and the checkpoint to continue from.
+        applied (:func:`~.resume.resumed_config`) and the checkpoint to continue from.
         ``explicit`` ``None``: the settings that differ from the defaults."""
         if not config.resume:
             self.check_fresh(config.overwrite)
