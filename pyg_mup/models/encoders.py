@@ -121,6 +121,18 @@ def count_nodes(x: Tensor | None, batch: Tensor | None) -> int:
     raise ValueError("x or batch is required to know the number of nodes")
 
 
+def graph_index(
+    batch: Tensor | None, num_graphs: int | None, num_nodes: int, edge_index: Tensor
+) -> tuple[Tensor, int]:
+    """``(batch [N], num_graphs)`` for models that pool or broadcast per graph: a missing
+    ``batch`` means one graph, a missing ``num_graphs`` is read from ``batch`` (a device sync)."""
+    if batch is None:
+        return edge_index.new_zeros(num_nodes), 1
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1
+    return batch, num_graphs
+
+
 def encode_nodes(
     node_encoder: FeatureEncoder,
     encodings: NodeEncodings | None,

@@ -18,7 +18,14 @@ from torch_geometric.nn import GINConv, GINEConv, global_mean_pool
 
 from pyg_mup.mup import MuReadout
 
-from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
+from .encoders import (
+    FeatureEncoder,
+    FeatureSpec,
+    count_nodes,
+    encode_nodes,
+    graph_index,
+    node_encoders,
+)
 from .encodings import Encoding
 from .virtual_node import ogb_mlp, update_virtual_node, virtual_node_parameters
 
@@ -115,10 +122,7 @@ class GINEVirtualNode(nn.Module):
         ``batch`` (a device sync); ``encodings`` holds the stored node encodings
         (:func:`~pyg_mup.models.encoders.encode_nodes`)."""
         num_nodes = count_nodes(x, batch)
-        if batch is None:
-            batch, num_graphs = edge_index.new_zeros(num_nodes), 1
-        elif num_graphs is None:
-            num_graphs = int(batch.max()) + 1
+        batch, num_graphs = graph_index(batch, num_graphs, num_nodes, edge_index)
         h = encode_nodes(
             self.node_encoder, self.encodings, x, encodings, edge_index, num_nodes, batch
         )

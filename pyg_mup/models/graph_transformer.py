@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_mean_pool
 
@@ -12,7 +11,14 @@ from pyg_mup.graph import GraphStructure, StructureSpec
 from pyg_mup.mup import MuReadout
 
 from .block import TransformerBlock, dropout_or_identity
-from .encoders import FeatureEncoder, FeatureSpec, count_nodes, encode_nodes, node_encoders
+from .encoders import (
+    FeatureEncoder,
+    FeatureSpec,
+    count_nodes,
+    encode_nodes,
+    graph_index,
+    node_encoders,
+)
 from .virtual_node import VirtualNodeInput, update_virtual_node, virtual_node_parameters
 
 
@@ -153,7 +159,10 @@ class GraphTransformer(nn.Module):
             self.node_encoder, self.encodings, x, encodings, edge_index, num_nodes, batch
         )
         e = self.edge_encoder(edge_attr, edge_index.size(1)) if self.edge_encoder else None
-        virtual, batch, num_graphs = self._virtual_start(batch, num_nodes, num_graphs, h)
+        virtual = None
+        if self.virtual_start is not None:
+            batch, num_graphs = graph_index(batch, num_graphs, num_nodes, edge_index)
+            virtual = self.virtual_start.expand(num_graphs, -1)
         for layer, block in enumerate(self.blocks):
             if virtual is not None:
                 h = h + self.virtual_input(virtual, batch)
@@ -169,17 +178,3 @@ class GraphTransformer(nn.Module):
             h = block(h, structures, e)
         pooled = global_mean_pool(self.norm(h), batch, size=num_graphs)
         return self.head(pooled)
-
-    def _virtual_start(
-        self, batch: Tensor | None, num_nodes: int, num_graphs: int | None, h: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, int | None]:
-        """``(v⁰ [num_graphs, width], batch, num_graphs)`` with the virtual node, where a
-        missing ``batch`` means one graph and a missing ``num_graphs`` is read from ``batch`` (a
-        device sync); ``(None, batch, num_graphs)`` as given without one."""
-        if self.virtual_start is None:
-            return None, batch, num_graphs
-        if batch is None:
-            batch, num_graphs = torch.zeros(num_nodes, dtype=torch.long, device=h.device), 1
-        elif num_graphs is None:
-            num_graphs = int(batch.max()) + 1
-        return self.virtual_start.expand(num_graphs, -1), batch, num_graphs
