@@ -88,6 +88,14 @@ def molecule(num_nodes: int, seed: int) -> Data:
     return Data(x=x, edge_index=edge_index, edge_attr=edge_attr, num_nodes=num_nodes)
 
 
-def predict(model: torch.nn.Module, batch) -> Tensor:
-    """A graph-level model's ``[num_graphs, out]`` on a PyG ``Batch`` of molecules."""
-    return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
+def predict(model: torch.nn.Module, batch, encodings: dict[str, Tensor] | None = None) -> Tensor:
+    """A graph-level model's ``[num_graphs, out]`` on a PyG ``Batch`` of molecules (both models
+    take ``num_graphs`` and ``encodings`` by keyword)."""
+    return model(
+        batch.x,
+        batch.edge_index,
+        batch.edge_attr,
+        batch.batch,
+        num_graphs=batch.num_graphs,
+        encodings=encodings,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graphs import predict
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -119,7 +120,7 @@ def test_completep_keeps_the_hybrids_residual_stream_flat_in_depth(virtual_node)
         stream = []
         model.blocks[-1].register_forward_hook(lambda _m, _i, out: stream.append(out))
         with torch.no_grad():
-            model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
+            predict(model, batch)
         return stream[0].pow(2).mean().sqrt().item()
 
     assert stream_rms(16, "completep") / stream_rms(2, "completep") < 1.2

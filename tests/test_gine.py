@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from graphs import predict
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.data import Batch
 
@@ -29,12 +30,6 @@ def batch() -> Batch:
     transform = encoding_transform(SPECS)
     graphs = [transform(data.dataset[int(i)]) for i in data.split_idx["train"][:64]]
     return Batch.from_data_list(graphs)
-
-
-def predict(model, b: Batch, encodings=None):
-    return model(
-        b.x, b.edge_index, b.edge_attr, b.batch, num_graphs=b.num_graphs, encodings=encodings
-    )
 
 
 def sp(model):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from graphs import predict
 from torch_geometric.data import Batch
 
 from pyg_mup.data import load_dataset
@@ -43,12 +44,9 @@ def test_the_pad_graph_fills_the_buckets_and_leaves_the_real_graphs_alone(bucket
     torch.nn.init.normal_(model.head.weight)  # zero-initialised readout: every output would be 0
     model.eval()
 
-    def predict(data_list):
-        batch = Batch.from_data_list(data_list)
-        return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.num_graphs)
-
     with torch.no_grad():
-        plain, with_pad = predict(graphs), predict(out)
+        plain = predict(model, Batch.from_data_list(graphs))
+        with_pad = predict(model, Batch.from_data_list(out))
     assert with_pad.shape[0] == plain.shape[0] + 1
     torch.testing.assert_close(with_pad[:-1], plain, rtol=1e-5, atol=1e-6)
 

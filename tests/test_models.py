@@ -140,5 +140,5 @@ def test_output_mult_setting_scales_the_prediction_under_mup(model):
         torch.nn.init.normal_(net.head.weight, generator=torch.Generator().manual_seed(1))
         torch.nn.init.zeros_(net.head.bias)
         assert net.head.output_mult == mult
-        preds.append(net(b.x, b.edge_index, b.edge_attr, b.batch, num_graphs=b.num_graphs))
+        preds.append(predict(net, b))
     torch.testing.assert_close(preds[1], 3 * preds[0])
