@@ -89,7 +89,9 @@ def test_smoke_run_writes_well_formed_json(tmp_path):
         assert record["collate_ms_per_batch"] > 0
         if ours:
             assert ops["data_dependent_per_step"] == 0, ops["data_dependent_ops"]
-            assert 0 < record["structure_build_ms_per_batch"] < record["collate_ms_per_batch"]
+            # the build is timed on its own after the collate, so the two medians are separate
+            # measurements: on a loaded machine the build's can exceed the collate's
+            assert record["structure_build_ms_per_batch"] > 0
         else:
             assert record["structure_build_ms_per_batch"] == 0
     by_model = {r["model"]: r for r in records}
