@@ -332,28 +332,27 @@ def test_empty_graph_and_no_edges():
 
 
 LARGE_GRAPH_SCRIPT = """
-import json, resource, time, torch
+import json, resource, torch
 from pyg_mup.graph import GraphStructure
 n, e = 200_000, 1_000_000
 edge_index = torch.randint(0, n, (2, e), generator=torch.Generator().manual_seed(0))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
 structure = GraphStructure.build(edge_index, n, flex=True)
 assert structure.block_mask is not None
-seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({"seconds": seconds, "peak_kib": peak, "pairs": structure.num_pairs}))
+print(json.dumps({"peak_kib": peak, "pairs": structure.num_pairs}))
 """
 
 
-def test_large_random_graph_builds_in_seconds_with_linear_memory():
-    """200k nodes, 1M random edges: an N×N int32 table alone would be 160 GB."""
+def test_large_random_graph_builds_with_linear_memory():
+    """200k nodes, 1M random edges: an N×N int32 table alone would be 160 GB, so a build that
+    materialised any N×N structure could not stay under the bound. (How fast it builds is
+    `benchmarks/`' question, not a test's.)"""
     result = subprocess.run(
         [sys.executable, "-c", LARGE_GRAPH_SCRIPT], capture_output=True, text=True, check=True
     )
     stats = json.loads(result.stdout)
-    assert stats["seconds"] < 30
-    assert stats["peak_kib"] * 1024 < 3e9  # measured ~0.4 GB here
+    assert stats["peak_kib"] * 1024 < 3e9
     assert stats["pairs"] > 990_000
 
 
