@@ -154,6 +154,14 @@ def test_a_one_point_grid_runs(tmp_path):
     assert trial["state"] == "COMPLETE" and math.isfinite(trial["value"])
 
 
+def test_each_trial_hands_its_freed_memory_back(tmp_path, monkeypatch):
+    released = []
+    monkeypatch.setattr(runner, "release_freed_memory", lambda: released.append(True))
+    spec = SweepSpec(out=str(tmp_path / "sweep"), settings=TINY, grid={"log2_lr": [-8, -6]})
+    assert len(run_sweep(spec)["trials"]) == 2
+    assert len(released) == 2
+
+
 def test_diverged_trials_are_recorded_not_dropped(tmp_path):
     settings = {**TINY, "batch_size": 8, "clip_grad": 0.0}
     spec = SweepSpec(out=str(tmp_path / "sweep"), settings=settings, grid={"log2_lr": [-8, 40]})

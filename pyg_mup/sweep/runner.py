@@ -1,6 +1,7 @@
 """Running a sweep: one Optuna study (:mod:`.study`), trials claimed by worker processes
 (:mod:`.claims`), each one :func:`pyg_mup.train.train` run (:mod:`.trial`); the outputs
-rewritten as trials end (:mod:`.report`).
+rewritten as trials end (:mod:`.report`), and each trial's freed memory handed back
+(:mod:`.memory`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pyg_mup.data import load_dataset
 from pyg_mup.train.factory import dataset_transform
 
 from .claims import budget_used, claim_waiting, recover_stale
+from .memory import release_freed_memory
 from .space import SweepError, SweepSpec
 from .study import SPEC, open_study, storage_of
 from .trial import TrialStopped, run_trial
@@ -155,5 +157,7 @@ def work(spec_dict: dict[str, Any], own_process: bool = False, worker: int = 0) 
             if own_process:
                 return done
             raise
+        finally:
+            release_freed_memory()
         done += 1
         write_outputs(snapshot, study)
