@@ -1,7 +1,7 @@
-"""``bench_dense_cpu.py``'s inputs and timed bodies: ogbg-molhiv batch sizes, random local graphs,
-and one forward+backward step per backend (blocked dense, message passing, GPS-style dense batch)
-for global attention, and of the local ``FlexGraphConv`` on the dense and message-passing
-backends."""
+"""``bench_dense_cpu.py``'s inputs and timed bodies: an ogbg dataset's batch sizes, random local
+graphs, and one forward+backward step per backend (blocked dense, message passing, GPS-style
+dense batch) for global attention, and of the local ``FlexGraphConv`` on the dense and
+message-passing backends."""
 
 from __future__ import annotations
 
@@ -30,19 +30,23 @@ Step = Callable[[], None]
 
 
 # ------------------------------------------------------------------------------------ inputs
-def molhiv_graphs(root: str) -> tuple[np.ndarray, np.ndarray]:
-    """Node and (directed) edge counts of the training graphs of ogbg-molhiv."""
-    data = load_dataset("ogbg-molhiv", root=root)
+def training_graphs(root: str, name: str = "ogbg-molhiv") -> tuple[np.ndarray, np.ndarray]:
+    """Node and (directed) edge counts of the training graphs of an ogbg dataset."""
+    data = load_dataset(name, root=root)
     train = data.split_idx["train"].numpy()
     slices = data.dataset.slices
     return slices["x"].diff().numpy()[train], slices["edge_index"].diff().numpy()[train]
 
 
-def draw_batch(graphs: tuple[np.ndarray, np.ndarray], cap: int | None, count: int, rng):
-    """Node counts ``[G]`` of a random batch (in random order) and its number of edges."""
+def draw_batch(
+    graphs: tuple[np.ndarray, np.ndarray], cap: int | None, count: int, rng, past: int = 128
+):
+    """Node counts ``[G]`` of a random batch (in random order) and its number of edges: graphs of
+    at most ``cap`` nodes, or (``cap=None``) one graph of more than ``past`` and the rest drawn
+    from all."""
     sizes, edges = graphs
     if cap is None:
-        large = rng.choice(np.flatnonzero(sizes > 128), size=1)
+        large = rng.choice(np.flatnonzero(sizes > past), size=1)
         drawn = np.concatenate([large, rng.choice(sizes.size, size=count - 1, replace=False)])
     else:
         drawn = rng.choice(np.flatnonzero(sizes <= cap), size=count, replace=False)

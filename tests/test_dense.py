@@ -357,7 +357,7 @@ def test_empty_sequence():
 
 @pytest.mark.parametrize(
     ("largest", "block"),
-    [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (100, 128), (128, 128), (222, 256)],
+    [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (100, 128), (222, 256), (492, 512)],
 )
 def test_dense_block_size(largest, block):
     assert packed_block_size(largest) == block
@@ -366,11 +366,11 @@ def test_dense_block_size(largest, block):
 def test_dense_block_size_leaves_large_graphs_to_message_passing():
     from pyg_mup.graph import GraphStructure
 
-    assert packed_block_size(256) == 256
-    assert packed_block_size(257) == 256  # the graph spans blocks: not dense-ready
+    assert packed_block_size(512) == 512
+    assert packed_block_size(513) == 512  # the graph spans blocks: not dense-ready
     with pytest.raises(ValueError, match="max_graph_size"):
         packed_block_size(-1)
-    ring = torch.arange(300)
+    ring = torch.arange(600)
     edge_index = torch.stack([ring, ring.roll(1)])
-    assert not GraphStructure.build(edge_index, 300, mode="global").fits_dense_blocks
-    assert GraphStructure.build(edge_index[:, :0], 200, mode="global").fits_dense_blocks
+    assert not GraphStructure.build(edge_index, 600, mode="global").fits_dense_blocks
+    assert GraphStructure.build(edge_index[:, :0], 400, mode="global").fits_dense_blocks

@@ -13,7 +13,7 @@ from torch.nn import Parameter
 
 from pyg_mup import GraphStructure, MuPFlexAttention
 from pyg_mup.graph.blocks import DENSE_MIN_BLOCK_DENSITY
-from pyg_mup.graph.layout import edge_segments
+from pyg_mup.graph.layout import MAX_DENSE_BLOCK, edge_segments
 from pyg_mup.nn import FlexGraphConv
 from pyg_mup.nn.backends import resolve_backend
 
@@ -252,8 +252,8 @@ def test_auto_keeps_flex_and_cuda_structures_unpacked():
     bipartite = GraphStructure.build(edge_index, (21, 21))
     assert bipartite.layout.node_slot is None
     # a graph larger than the largest dense block spans blocks: not packed
-    big = complete_graphs([300])
-    assert not GraphStructure.build(big, 300).fits_dense_blocks
+    big = complete_graphs([MAX_DENSE_BLOCK + 8])
+    assert not GraphStructure.build(big, MAX_DENSE_BLOCK + 8).fits_dense_blocks
 
 
 def test_auto_layer_on_dense_graphs_equals_message_passing():

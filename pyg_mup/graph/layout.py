@@ -123,7 +123,7 @@ def edge_segments(edge_index: Tensor, num_nodes: int) -> list[int]:
 
 
 MIN_DENSE_BLOCK = 16
-MAX_DENSE_BLOCK = 256
+MAX_DENSE_BLOCK = 512
 
 
 def packed_block_size(max_graph_size: int) -> int:
@@ -133,9 +133,12 @@ def packed_block_size(max_graph_size: int) -> int:
     most ``MAX_DENSE_BLOCK`` (a larger graph spans blocks and its batch keeps message passing).
     Why (``benchmarks/bench_dense_cpu.py``, ``results/dense_cpu.json``): the cost is ``S · B``
     scores per head, so the smallest block that fits is the fastest or within noise of it (16
-    and 32 tie on graphs of at most 16 nodes); at 256, dense still took 0.14–0.38× the time of
-    message passing over the within-graph pairs. Memory grows as ``S · H · B``, so larger
-    blocks are left to message passing.
+    and 32 tie on graphs of at most 16 nodes). A batch holding one graph of a few hundred nodes
+    (ogbg-molsider's reach 492) still runs far faster and in far less memory on 512-slot blocks
+    than message passing over its pairs, whose messages are ``Σ n_g² · H · d`` floats against
+    the dense scores' ``S · H · B`` (``results/dense_cpu_sider.json``). Past 512 slots a batch
+    of one large graph among many small ones pads every block to the large one, so larger
+    graphs are left to message passing.
     """
     if max_graph_size < 0:
         raise ValueError(f"max_graph_size must be non-negative, got {max_graph_size}")
