@@ -207,6 +207,13 @@ def test_eval_every_skips_evaluation_but_not_the_last_epoch(tmp_path):
     assert summary["best_epoch"] in (2, 3)
 
 
+def test_each_epoch_checks_whether_to_trim_the_host_heap(tmp_path, monkeypatch):
+    checks = []
+    monkeypatch.setattr(train_loop.HeapTrimmer, "__call__", lambda self: checks.append(True))
+    train(config(tmp_path, epochs=2, max_samples=32))
+    assert len(checks) == 2
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 7, 32])
 def test_global_batches_cover_every_item_once_and_never_leave_one_alone(batch_size):
     for n in range(1, 100):

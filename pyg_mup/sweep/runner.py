@@ -1,7 +1,7 @@
 """Running a sweep: one Optuna study (:mod:`.study`), trials claimed by worker processes
 (:mod:`.claims`), each one :func:`pyg_mup.train.train` run (:mod:`.trial`); the outputs
 rewritten as trials end (:mod:`.report`), and each trial's freed memory handed back
-(:mod:`.memory`).
+(:mod:`pyg_mup.train.memory`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 
 from pyg_mup.data import load_dataset
 from pyg_mup.train.factory import dataset_transform
+from pyg_mup.train.memory import release_freed_memory
 
 from .claims import budget_used, claim_waiting, recover_stale
-from .memory import release_freed_memory
 from .space import SweepError, SweepSpec
 from .study import SPEC, open_study, storage_of
 from .trial import TrialStopped, run_trial

@@ -29,6 +29,7 @@ from . import checkpoint
 from .config import FULL_GRAPH_MAX_EDGES, ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_sum, any_rank, barrier, setup, teardown
 from .factory import dataset_transform, make_model, make_optimizer, make_scheduler
+from .memory import HeapTrimmer
 from .objective import Objective
 from .progress import Progress
 from .report import Report
@@ -116,6 +117,7 @@ class _Run:
         if dist.is_main:
             self.files.begin(None if state is None else self.progress.epoch)
         self.report = Report(config, self.task, self.workload, self.model, dist, device, self.files)
+        self._trim_heap = HeapTrimmer()
 
     # ------------------------------------------------------------------------------ set-up
     def _load_data(self):
@@ -280,6 +282,7 @@ class _Run:
         lr = self.optimizer.param_groups[0]["lr"] / self.scheduler.base_lrs[0] * c.lr
         self._save()
         self.report.epoch(p, train_loss, metrics, lr, seconds)
+        self._trim_heap()
 
     def _improves(self, valid: float | None) -> bool:
         best = self.progress.best["valid"]
