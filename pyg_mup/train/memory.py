@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 TRIM_AFTER_GROWTH = 2 << 30
-"""Bytes of resident growth since a run's last trim that make it trim again: more than one
-epoch's working set on the graphs we train, so that a trim is not undone by the next epoch."""
+"""Bytes of resident growth since a run's last trim that make it trim again. The epoch after a
+trim faults back the pages it reuses, so a bound near one epoch's regrowth (the hybrid on
+ogbg-molsider) makes a run trim every few epochs, not after each (``benchmarks/README.md``)."""
 
 _STATM = Path("/proc/self/statm")
 
