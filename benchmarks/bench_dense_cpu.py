@@ -108,7 +108,7 @@ def run_global(graphs: tuple, args, generator: torch.Generator) -> list[dict]:
     workloads += [(None, past) for past in PASTS if (graphs[0] > past).any()]
     for num_graphs in args.num_graphs:
         for cap, past in workloads:
-            batch, edges = draw_batch(graphs, cap, num_graphs, rng, past=past or 0)
+            batch, edges = draw_batch(graphs, cap, num_graphs, rng, past)
             largest, nodes = int(batch.max()), int(batch.sum())
             inputs = projections(nodes, generator)
             for mods in ("mask", "mask+bias") if cap is None or cap in BIAS_CAPS else ("mask",):
@@ -195,7 +195,7 @@ def crossovers(local: list[dict], ratio: str = "dense_vs_mp") -> list[dict]:
 # ---------------------------------------------------------------------------------- report
 def global_table(records: list[dict]) -> str:
     def cap_of(record: dict) -> int:
-        return record["cap"] or 10**6 + (record.get("past") or 128)
+        return record["cap"] or 10**6 + record["past"]
 
     columns = ["graphs", "largest graph", "nodes:", "mods", "mp ms:", "gps ms:"]
     columns += [f"dense {b} ms:" for b in BLOCK_SIZES]
@@ -204,7 +204,7 @@ def global_table(records: list[dict]) -> str:
         group = [r for r in records if (r["num_graphs"], cap_of(r), r["mods"]) == key]
         by = {(r["backend"], r.get("block_size")): r["ms"] for r in group}
         mp, first = by[("mp", None)], group[0]
-        cap = f"≤{first['cap']}" if first["cap"] else f">{first.get('past') or 128}"
+        cap = f"≤{first['cap']}" if first["cap"] else f">{first['past']}"
         cells = [str(key[0]), f"{first['largest']} ({cap})", str(first["nodes"]), key[2]]
         cells += [fmt(mp, ".1f"), fmt(by.get(("gps", None)), ".1f")]
         for block in BLOCK_SIZES:

@@ -39,11 +39,11 @@ def training_graphs(root: str, name: str = "ogbg-molhiv") -> tuple[np.ndarray, n
 
 
 def draw_batch(
-    graphs: tuple[np.ndarray, np.ndarray], cap: int | None, count: int, rng, past: int = 128
+    graphs: tuple[np.ndarray, np.ndarray], cap: int | None, count: int, rng, past: int | None
 ):
     """Node counts ``[G]`` of a random batch (in random order) and its number of edges: graphs of
-    at most ``cap`` nodes, or (``cap=None``) one graph of more than ``past`` and the rest drawn
-    from all."""
+    at most ``cap`` nodes, or (``cap=None``) one graph of more than ``past`` nodes and the rest
+    drawn from all."""
     sizes, edges = graphs
     if cap is None:
         large = rng.choice(np.flatnonzero(sizes > past), size=1)

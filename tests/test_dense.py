@@ -357,7 +357,17 @@ def test_empty_sequence():
 
 @pytest.mark.parametrize(
     ("largest", "block"),
-    [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (100, 128), (222, 256), (492, 512)],
+    [
+        (0, 16),
+        (1, 16),
+        (16, 16),
+        (17, 32),
+        (33, 64),
+        (100, 128),
+        (128, 128),
+        (222, 256),
+        (492, 512),
+    ],
 )
 def test_dense_block_size(largest, block):
     assert packed_block_size(largest) == block
