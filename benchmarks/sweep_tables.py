@@ -9,9 +9,11 @@ from the per-seed values; only a step outside them is called better or worse.
 
     python benchmarks/sweep_tables.py benchmarks/results/sweeps_h200/esol_width/trials.json
 
-``--together`` makes one table of all the files given (sweeps of one dataset run apart), and
-``--plot DIR`` draws the trials of all the files given (sweeps of one dataset run apart, e.g. μP
-and SP, or widths and depths) on one pair of transfer figures (``pyg-mup sweep``'s own).
+``--together`` makes one table of all the files given (sweeps of one dataset run apart),
+``--objective best`` judges the trials on their best validation over the run instead of the
+sweep's own objective (every trial records both), and ``--plot DIR`` draws the trials of all
+the files given (sweeps of one dataset run apart, e.g. μP and SP, or widths and depths) on one
+pair of transfer figures (``pyg-mup sweep``'s own).
 """
 
 from __future__ import annotations
@@ -115,9 +117,16 @@ def main() -> None:
     parser.add_argument(
         "--together", action="store_true", help="one table of all the files' trials"
     )
+    parser.add_argument(
+        "--objective",
+        choices=sorted(OBJECTIVES),
+        help="judge the trials on this instead of the sweep's objective",
+    )
     parser.add_argument("--plot", type=Path, metavar="DIR", help="figures of all the trials")
     args = parser.parse_args()
     reports = [json.loads(path.read_text()) for path in args.trials]
+    if args.objective:
+        reports = [{**report, "objective": args.objective} for report in reports]
     named = list(zip([path.parent.name for path in args.trials], reports, strict=True))
     if args.together:
         named = [(", ".join(name for name, _ in named), merged(reports))]

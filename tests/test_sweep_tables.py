@@ -3,6 +3,9 @@ best lr per width, and each step to the next width judged against the seeds' noi
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 
@@ -68,3 +71,18 @@ def test_a_sweep_judged_at_the_best_epoch_is_tabled_on_it(benchmark_script):
     best = tables.table({**report(trials), "objective": "best"}, "width").splitlines()
     assert "valid rmse" in final[0] and "best valid rmse" in best[0]
     assert "| -8 | 1.0000 |" in final[2] and "| -9 | 0.7000 |" in best[2]
+
+
+def test_objective_best_tables_a_final_sweep_on_its_best_epochs(
+    benchmark_script, tmp_path, monkeypatch, capsys
+):
+    tables = benchmark_script("sweep_tables")
+    trials = [trial(32, -9, 0, 0.5, 1.2), trial(32, -8, 0, 0.6, 1.0)]
+    trials[0]["best_valid"], trials[1]["best_valid"] = 0.7, 0.9
+    path = tmp_path / "sweep" / "trials.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**report(trials), "objective": "final"}))
+    monkeypatch.setattr(sys, "argv", ["sweep_tables.py", str(path), "--objective", "best"])
+    tables.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "best valid rmse" in lines[2] and "| -9 | 0.7000 |" in lines[4]
