@@ -214,6 +214,16 @@ def test_each_epoch_checks_whether_to_trim_the_host_heap(tmp_path, monkeypatch):
     assert len(checks) == 2
 
 
+def test_a_long_epoch_checks_whether_to_trim_between_its_steps(tmp_path, monkeypatch):
+    checks = []
+    monkeypatch.setattr(train_loop.HeapTrimmer, "__call__", lambda self: checks.append(True))
+    monkeypatch.setattr(train_loop, "TRIM_CHECK_STEPS", 2)
+    summary = train(config(tmp_path, epochs=2, max_samples=160))
+    steps = summary["steps_per_epoch"]
+    assert steps >= 4
+    assert len(checks) == 2 * (steps // 2 + 1)  # every second step, and after each epoch
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 7, 32])
 def test_global_batches_cover_every_item_once_and_never_leave_one_alone(batch_size):
     for n in range(1, 100):

@@ -29,7 +29,7 @@ from . import checkpoint
 from .config import FULL_GRAPH_MAX_EDGES, ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_sum, any_rank, barrier, setup, teardown
 from .factory import dataset_transform, make_model, make_optimizer, make_scheduler
-from .memory import HeapTrimmer
+from .memory import TRIM_CHECK_STEPS, HeapTrimmer
 from .objective import Objective
 from .progress import Progress
 from .report import Report
@@ -192,6 +192,8 @@ class _Run:
                     return False
                 items += self._step(batch)
                 p.step += 1
+                if p.step % TRIM_CHECK_STEPS == 0:
+                    self._trim_heap()
                 rate = items * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(
                     loss=f"{p.loss_sum / max(p.loss_count, 1):.4f}",

@@ -7,7 +7,8 @@ batch) make a CPU run's resident size climb epoch after epoch to many times what
 a sweep worker's creep on from trial to trial. ``malloc_trim`` returns those pages. The pages the
 next steps use again are then faulted back in, which costs time, so a run trims only once its
 resident size has grown by :data:`TRIM_AFTER_GROWTH` since its last trim (:class:`HeapTrimmer`,
-checked after each epoch), and a sweep after each trial. On a GPU the caching allocator likewise
+checked every :data:`TRIM_CHECK_STEPS` steps and after each epoch, so that one long epoch of a
+large dataset is bounded too), and a sweep after each trial. On a GPU the caching allocator likewise
 keeps a finished trial's blocks reserved, out of reach of the other workers sharing the card,
 until ``torch.cuda.empty_cache``.
 """
@@ -28,6 +29,11 @@ TRIM_AFTER_GROWTH = 2 << 30
 """Bytes of resident growth since a run's last trim that make it trim again. The epoch after a
 trim faults back the pages it reuses, so a bound near one epoch's regrowth (the hybrid on
 ogbg-molsider) makes a run trim every few epochs, not after each (``benchmarks/README.md``)."""
+
+TRIM_CHECK_STEPS = 16
+"""Training steps between a run's checks of its resident size. A check reads
+``/proc/self/statm`` (microseconds), which would be a measurable share of a short GPU step if
+taken at every step."""
 
 _STATM = Path("/proc/self/statm")
 
