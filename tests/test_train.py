@@ -207,14 +207,9 @@ def test_eval_every_skips_evaluation_but_not_the_last_epoch(tmp_path):
     assert summary["best_epoch"] in (2, 3)
 
 
-def test_each_epoch_checks_whether_to_trim_the_host_heap(tmp_path, monkeypatch):
-    checks = []
-    monkeypatch.setattr(train_loop.HeapTrimmer, "__call__", lambda self: checks.append(True))
-    train(config(tmp_path, epochs=2, max_samples=32))
-    assert len(checks) == 2
-
-
-def test_a_long_epoch_checks_whether_to_trim_between_its_steps(tmp_path, monkeypatch):
+def test_a_run_checks_whether_to_trim_the_heap_between_steps_and_after_each_epoch(
+    tmp_path, monkeypatch
+):
     checks = []
     monkeypatch.setattr(train_loop.HeapTrimmer, "__call__", lambda self: checks.append(True))
     monkeypatch.setattr(train_loop, "TRIM_CHECK_STEPS", 2)

@@ -3,14 +3,14 @@ resident size follows what is alive.
 
 Why: PyTorch frees a step's tensors, but glibc's allocator keeps the pages they occupied inside
 its heap, fragmented among the blocks still in use: batches of varying shapes (every graph
-batch) make a CPU run's resident size climb epoch after epoch to many times what is alive, and
-a sweep worker's creep on from trial to trial. ``malloc_trim`` returns those pages. The pages the
+batch) make a CPU run's resident size climb epoch after epoch to many times what is alive, and a
+sweep worker's creep on from trial to trial. ``malloc_trim`` returns those pages. The pages the
 next steps use again are then faulted back in, which costs time, so a run trims only once its
 resident size has grown by :data:`TRIM_AFTER_GROWTH` since its last trim (:class:`HeapTrimmer`,
 checked every :data:`TRIM_CHECK_STEPS` steps and after each epoch, so that one long epoch of a
-large dataset is bounded too), and a sweep after each trial. On a GPU the caching allocator likewise
-keeps a finished trial's blocks reserved, out of reach of the other workers sharing the card,
-until ``torch.cuda.empty_cache``.
+large dataset is bounded too), and a sweep after each trial. On a GPU the caching allocator
+likewise keeps a finished trial's blocks reserved, out of reach of the other workers sharing the
+card, until ``torch.cuda.empty_cache``.
 """
 
 from __future__ import annotations
