@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
 import re
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +81,66 @@ def test_embedded_files_match_their_checksums():
     assert not any(p.is_symlink() for p in folder.rglob("*"))
 
 
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` and everything in it without write bits, as a shared read-only mount."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        yield
+    finally:
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
 @needs_shared
 def test_read_only_root_is_copied_not_written(tmp_path):
     root = copy_dataset("ogbg-molfreesolv", tmp_path / "ro")
     folder = root / "ogbg_molfreesolv"
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~0o222)
-    try:
+    with read_only(folder):
         loaded = load_dataset("ogbg-molfreesolv", root, cache_dir=tmp_path / "cache")
         assert len(loaded.dataset) == 642
         assert loaded.path.is_relative_to(tmp_path / "cache")
         assert not (folder / "processed").exists()
-    finally:
-        for path in [folder, *folder.rglob("*")]:
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+@needs_shared
+def test_a_cache_copy_in_use_is_never_replaced_by_a_concurrent_loader(tmp_path, monkeypatch):
+    """Two loaders that both find no copy: the one that copies second keeps the first's copy,
+    which the first may be processing in, instead of deleting and replacing it."""
+    root = copy_dataset("ogbg-molfreesolv", tmp_path / "ro")
+    cache = tmp_path / "cache"
+    copytree = shutil.copytree
+    first = []
+
+    def another_loader_finishes_first(*args, **kwargs):
+        monkeypatch.setattr(shutil, "copytree", copytree)
+        first.append(load_dataset("ogbg-molfreesolv", root, cache_dir=cache).path)
+        (first[0] / ".in_use").touch()  # stands for files the first loader is still writing
+        return copytree(*args, **kwargs)
+
+    with read_only(root / "ogbg_molfreesolv"):
+        monkeypatch.setattr(shutil, "copytree", another_loader_finishes_first)
+        loaded = load_dataset("ogbg-molfreesolv", root, cache_dir=cache)
+    assert first == [loaded.path]
+    assert len(loaded.dataset) == 642
+    assert (loaded.path / ".in_use").is_file()
+    assert not list(loaded.path.parent.glob(".*"))  # the second copy was discarded
+
+
+@needs_shared
+def test_a_changed_read_only_root_gets_a_new_cache_copy_and_the_old_one_goes(tmp_path):
+    root = copy_dataset("ogbg-molfreesolv", tmp_path / "ro")
+    folder = root / "ogbg_molfreesolv"
+    cache = tmp_path / "cache"
+    with read_only(folder):
+        old = load_dataset("ogbg-molfreesolv", root, cache_dir=cache).path
+        split = folder / "split" / "scaffold" / "valid.csv.gz"
+        os.utime(split, ns=(split.stat().st_atime_ns, split.stat().st_mtime_ns + 10**9))
+        new = load_dataset("ogbg-molfreesolv", root, cache_dir=cache).path
+    assert new != old and new.is_dir()
+    assert not old.exists()
+    assert [p.name for p in new.parents[1].iterdir()] == [new.parent.name]
 
 
 @needs_shared
@@ -375,7 +424,7 @@ def test_bad_file_in_a_read_only_root_is_named_where_it_lies(tmp_path):
         path.chmod(path.stat().st_mode & ~0o222)
     try:
         one_line_error(
-            rf"cache/ogb/\w+/ogbg_molesol/raw/edge-feat\.csv\.gz does not match its MD5 in "
+            rf"cache/ogb/\w+/\w+/ogbg_molesol/raw/edge-feat\.csv\.gz does not match its MD5 in "
             rf"{re.escape(str(root / 'MD5SUMS'))}",
             name="ogbg-molesol",
             root=root,

@@ -3,6 +3,7 @@ writable cache when it is read-only (as is the dataset embedded in this package)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -48,37 +49,44 @@ def _cached_copy(folder: Path, cache_dir: Path) -> Path:
     """Copy ``folder``'s release files (no processed caches) into the cache once; return the
     cache's root.
 
-    The copy is keyed by ``folder``'s absolute path and refreshed when its files change. It is
-    written to a temporary folder and renamed into place, so concurrent loaders (one per DDP
-    rank) and interrupted copies never see half a dataset.
+    A copy is keyed by ``folder``'s absolute path and by the fingerprint of its files, and once
+    in place it is never replaced: ``ogb`` processes inside it, so replacing a copy would pull
+    files from under a concurrent loader (a DDP rank, a sweep worker). Each loader that finds no
+    copy writes one into a temporary folder and renames it into place; the first rename wins and
+    the others discard theirs. When ``folder``'s files change, the new fingerprint gets a new
+    copy and the older copies are removed.
     """
     if cache_dir.exists() and not cache_dir.is_dir():
         raise DatasetError(f"cache_dir {cache_dir} is a file, not a folder")
-    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
-    root = cache_dir / "ogb" / key
+    copies = cache_dir / "ogb" / hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    root = copies / _fingerprint(folder)[:16]
     target = root / folder.name
-    stamp = root / f"{folder.name}.source"
-    fingerprint = _fingerprint(folder)
-    if target.is_dir() and stamp.is_file() and stamp.read_text() == fingerprint:
-        return root
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
-    except OSError as error:
-        raise DatasetError(
-            f"cannot write the dataset cache in cache_dir {cache_dir} ({error.strerror}); "
-            "pass a writable cache_dir or set $PYG_MUP_CACHE"
-        ) from error
-    try:
-        shutil.copytree(folder, tmp / folder.name, ignore=_skip_caches(folder))
-        for path in (tmp / folder.name).rglob("*"):
-            path.chmod(path.stat().st_mode | 0o200)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp / folder.name, target)
-        stamp.write_text(fingerprint)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not target.is_dir():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+        except OSError as error:
+            raise DatasetError(
+                f"cannot write the dataset cache in cache_dir {cache_dir} ({error.strerror}); "
+                "pass a writable cache_dir or set $PYG_MUP_CACHE"
+            ) from error
+        try:
+            shutil.copytree(folder, tmp / folder.name, ignore=_skip_caches(folder))
+            for path in (tmp / folder.name).rglob("*"):
+                path.chmod(path.stat().st_mode | 0o200)
+            with contextlib.suppress(OSError):  # a concurrent loader's copy landed first
+                os.replace(tmp / folder.name, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise DatasetError(f"could not install the dataset copy {target}")
+    for stale in copies.iterdir():
+        if stale == root:
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     return root
 
 
