@@ -119,6 +119,8 @@ def test_a_killed_workers_trial_is_run_again_on_resume(tmp_path):
     assert retry["state"] == "COMPLETE" and retry["retry_of"] == first["number"]
     assert retry["params"] == first["params"]
     assert points(report) == [(16, -8), (16, -6)]
+    started = [t.datetime_start for t in open_study(spec).trials]
+    assert started[2] < started[1]  # the retry ran before the point never started
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -41,8 +41,13 @@ def _trial_id(study: optuna.Study, number: int) -> int:
 
 
 def claim_waiting(study: optuna.Study) -> Trial | None:
-    """Take one WAITING trial (atomically: another worker's claim makes this one skip it)."""
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    """Take one WAITING trial (atomically: another worker's claim makes this one skip it).
+
+    Retries of stopped or killed trials come first: each resumes from its checkpoint, so it is
+    the work nearest done (enqueued last, in number order it would run after every fresh point).
+    """
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in sorted(waiting, key=lambda t: "retry_of" not in t.user_attrs):
         trial_id = _trial_id(study, frozen.number)
         try:
             if study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
