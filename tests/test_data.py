@@ -420,9 +420,7 @@ def test_bad_file_in_a_read_only_root_is_named_where_it_lies(tmp_path):
     ]
     (root / "MD5SUMS").write_text("\n".join(listing) + "\n")
     on("raw/edge-feat.csv.gz", change_first_edge_feature)(folder)
-    for path in [root, folder, *folder.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~0o222)
-    try:
+    with read_only(root):
         one_line_error(
             rf"cache/ogb/\w+/\w+/ogbg_molesol/raw/edge-feat\.csv\.gz does not match its MD5 in "
             rf"{re.escape(str(root / 'MD5SUMS'))}",
@@ -430,9 +428,6 @@ def test_bad_file_in_a_read_only_root_is_named_where_it_lies(tmp_path):
             root=root,
             cache_dir=tmp_path / "cache",
         )
-    finally:
-        for path in [root, folder, *folder.rglob("*")]:
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
 # (case, load_dataset arguments relative to tmp_path, what the one-line error must say).
